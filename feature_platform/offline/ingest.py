@@ -282,7 +282,7 @@ def _against_store(store: OfflineStore, source: Source, batch: pa.Table) -> tupl
     con.execute(f"""
         CREATE TEMP TABLE stored AS
         SELECT s.{EVENT_ID}, s.{INGESTED_AT}, s.filename
-        FROM read_parquet({file_list}, filename=true) s SEMI JOIN batch b USING ({EVENT_ID})""")
+        FROM read_parquet({file_list}, filename=true, hive_partitioning=false) s SEMI JOIN batch b USING ({EVENT_ID})""")
     fresh = con.sql(f"""
         SELECT b.* FROM batch b LEFT JOIN stored s USING ({EVENT_ID})
         WHERE s.{EVENT_ID} IS NULL OR b.{INGESTED_AT} < s.{INGESTED_AT}""").to_arrow_table()
@@ -293,7 +293,7 @@ def _against_store(store: OfflineStore, source: Source, batch: pa.Table) -> tupl
     for filename, ids in to_replace:
         # Rare path: an earlier delivery arrived after a later one was stored; rewrite that file without it.
         con.execute("CREATE OR REPLACE TEMP TABLE drop_ids AS SELECT unnest(?) AS id", [ids])
-        kept = con.sql(f"SELECT * FROM read_parquet({sql_str(filename)}) WHERE {EVENT_ID} NOT IN (SELECT id FROM drop_ids)").to_arrow_table()
+        kept = con.sql(f"SELECT * FROM read_parquet({sql_str(filename)}, hive_partitioning=false) WHERE {EVENT_ID} NOT IN (SELECT id FROM drop_ids)").to_arrow_table()
         meta = {k.decode(): v.decode() for k, v in (pq.read_schema(filename).metadata or {}).items() if k.startswith(b"fp.")}
         if kept.num_rows:
             write_parquet_atomic(kept.cast(event_schema(source)), Path(filename), meta)
