@@ -1,0 +1,3 @@
+from feature_platform.cli import main
+
+main()
