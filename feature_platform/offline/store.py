@@ -72,10 +72,17 @@ def view_schema(view: BatchFeatureView) -> pa.Schema:
     return pa.schema(fields)
 
 
-def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection in UTC; the store is the Parquet files, not a database file."""
+def connect(threads: int | None = None, memory_limit: str | None = None,
+            temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC; the store is the Parquet files, not a database file.
+
+    A memory limit makes DuckDB spill to `temp_directory` instead of growing past it.
+    """
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone='UTC'")
+    if temp_directory is not None:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory={sql_str(temp_directory)}")
     if threads:
         con.execute(f"SET threads={int(threads)}")
     if memory_limit:
