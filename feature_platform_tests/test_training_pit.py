@@ -206,3 +206,27 @@ def test_empty_labels_give_empty_frame_with_columns(tmp_path_factory):
     got = fs.get_historical_features(labels_frame([]), service="fraud_detection")
     assert len(got) == 0
     assert "user_txn_stats__txn_count_1h" in got.columns
+
+
+def test_cli_and_python_api_give_the_same_frame(tmp_path):
+    """`feature-platform training-set` writes exactly what FeatureStore.get_historical_features returns."""
+    import subprocess
+    import sys
+
+    from feature_platform.offline.demo_data import generate_demo_data
+
+    data = tmp_path / "data"
+    demo = generate_demo_data(data / "demo", days=3, users=50, merchants=10, events=3000, seed=3, end=date(2026, 3, 5))
+    fs = FeatureStore(Settings(data_dir=data, redis_url=None))
+    fs.ingest("transactions", demo.events_path)
+    env = {"FP_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"}
+    for mode in ("ingestion", "event"):
+        out = tmp_path / f"ts_{mode}.parquet"
+        p = subprocess.run([sys.executable, "-m", "feature_platform.cli", "training-set", "--labels", str(demo.labels_path),
+                            "--service", "fraud_detection", "--mode", mode, "--out", str(out)],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+        from_cli = pd.read_parquet(out)
+        from_api = fs.get_historical_features(pd.read_parquet(demo.labels_path), service="fraud_detection", mode=mode)
+        pd.testing.assert_frame_equal(from_cli, from_api)
+        assert from_api["user_txn_stats__txn_count_1h"].sum() > 0
