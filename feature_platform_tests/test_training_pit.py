@@ -197,6 +197,9 @@ def test_label_errors_are_clear(tmp_path_factory):
     with pytest.raises(TrainingSetError, match="unparseable event_time"):
         fs.get_historical_features(pd.DataFrame({"user_id": [1], "merchant_id": [1], "event_time": ["yesterday"]}),
                                    service="fraud_detection")
+    with pytest.raises(TrainingSetError, match="user_id that is not a valid key.*'abc'"):
+        fs.get_historical_features(pd.DataFrame({"user_id": ["abc"], "merchant_id": [1], "event_time": ["2026-01-01"]}),
+                                   service="fraud_detection")
     with pytest.raises(TrainingSetError, match="mode must be"):
         fs.get_historical_features(labels_frame([(1, 1, BASE)]), service="fraud_detection", mode="wall")
 

@@ -116,6 +116,13 @@ def get_historical_features(store: OfflineStore, labels: pd.DataFrame | pa.Table
             raise TrainingSetError(
                 f"{bad[0]} label rows have a missing or unparseable {EVENT_TIME} (first: row {bad[1]}); "
                 f"every label needs a UTC timestamp")
+        for k in needed_keys:
+            bad = con.execute(f"""SELECT count(*), min(l.__row), any_value(CAST(i."{k}" AS VARCHAR)) FROM labels l
+                JOIN labels_in_rows i USING (__row) WHERE l."{k}" IS NULL AND i."{k}" IS NOT NULL""").fetchone()
+            if bad[0]:
+                raise TrainingSetError(
+                    f"{bad[0]} label rows have a {k} that is not a valid key (first: row {bad[1]}, value {bad[2]!r}); "
+                    f"fix the labels or drop those rows (a null key is allowed and gives no-data features)")
         if con.execute("SELECT count(*) FROM labels").fetchone()[0] == 0:
             return _empty_result(table, refs, views)
         t_min, t_max = con.execute("SELECT min(__t), max(__t) FROM labels").fetchone()
