@@ -19,6 +19,7 @@ from feature_platform.registry.model import (
     Registry,
     RegistryError,
     Source,
+    SourceSLA,
     StreamFeatureView,
     StreamSLA,
     all_features,
@@ -48,6 +49,6 @@ def load_registry(spec: str | None = None) -> Registry:
 
 __all__ = [
     "Aggregation", "BatchFeature", "BatchFeatureView", "BatchSLA", "Column", "Dtype", "Entity", "FeatureRef",
-    "FeatureService", "FeatureView", "Registry", "RegistryError", "Source", "StreamFeatureView", "StreamSLA",
+    "FeatureService", "FeatureView", "Registry", "RegistryError", "Source", "SourceSLA", "StreamFeatureView", "StreamSLA",
     "all_features", "load_registry", "DEFAULT_REPO",
 ]

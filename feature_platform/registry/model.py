@@ -77,6 +77,20 @@ RESERVED_COLUMNS = (EVENT_ID, EVENT_TIME, INGESTED_AT, "is_too_late", "schema_ve
 
 
 @dataclass(frozen=True)
+class SourceSLA:
+    """Freshness and quality alerts of a source (issue 5), checked by the Dagster raw-events checks.
+
+    `freshness`: the newest stored event may be at most this old. `rate_jump`: the dead-letter or
+    too-late rate of the newest day may be at most this many times the median of the days before
+    (and at least `min_jump_rows` rows) before it counts as a jump.
+    """
+
+    freshness: timedelta = timedelta(hours=1)
+    rate_jump: float = 3.0
+    min_jump_rows: int = 10
+
+
+@dataclass(frozen=True)
 class Source:
     """A stream of events with a versioned schema.
 
@@ -93,6 +107,8 @@ class Source:
     allowed_lateness: timedelta
     max_clock_skew: timedelta = timedelta(seconds=5)
     description: str = ""
+    # Not part of definition()/fingerprint(): an SLA change is not a schema change.
+    sla: SourceSLA = field(default_factory=SourceSLA)
 
     def __post_init__(self) -> None:
         _check_name(self.name, "source")
