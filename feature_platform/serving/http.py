@@ -1,0 +1,329 @@
+"""The HTTP face of the feature store: FastAPI over `FeatureStore.get_online_features`.
+
+Endpoints: `POST /v1/features`, `GET /v1/registry`, `GET /healthz`, `GET /metrics`.
+
+Choices, and why:
+* The feature endpoint is a plain `def`: redis-py is blocking, so Starlette runs it in its
+  threadpool and the event loop stays free for other requests while one waits on Redis.
+* The request is a pydantic model (so OpenAPI documents it and shape errors are caught early);
+  entity values are then typed against the registry by serving.entities, which is where the
+  messages that name key, position and expected type come from.
+* The response schema is the pydantic `FeaturesResponse`, but the body is built as plain dicts and
+  encoded once with `json`: instantiating 13 000 pydantic objects for a 1000-row answer would
+  cost more than the Redis round trip. Tests validate real responses against the model.
+* Redis errors become 503 with a message; redis-py reconnects on the next command, so the
+  server recovers on its own when Redis is back. The FeatureStore's online store is created
+  lazily on first use, so the app also starts while Redis is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from feature_platform.feature_store import FeatureStore
+from feature_platform.registry.model import BatchFeatureView, Registry, RegistryError, format_duration
+from feature_platform.serving.entities import ServingInputError, resolve_request
+from feature_platform.serving.metrics import ServingMetrics
+
+# ---- typed request/response ------------------------------------------------------------------
+
+
+class FeaturesRequest(BaseModel):
+    """Either a feature service (its pinned versions) or explicit 'view:vN:feature' references."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"service": "fraud_detection", "entities": {"user_id": [42, 43], "merchant_id": [7, 7]}}]})
+
+    service: str | None = Field(None, description="feature service name, e.g. fraud_detection")
+    features: list[str] | None = Field(None, description="'view:vN:feature' references, instead of a service")
+    entities: dict[str, list[Any]] = Field(
+        ..., description="join key -> one value per row; every key the features need, lists of equal length")
+    as_of: datetime | None = Field(
+        None, description="compute windows and TTLs at this instant (ISO 8601; naive means UTC); default now")
+
+
+class ServedValue(BaseModel):
+    value: int | float | str | bool | None
+    age_seconds: float | None = Field(description="as_of minus the newest data time behind the value; null if none")
+
+
+class ServedRow(BaseModel):
+    entities: dict[str, int | str]
+    features: dict[str, ServedValue] = Field(description="'<view>__<feature>' -> value and age")
+
+
+class FeaturesResponse(BaseModel):
+    service: str | None
+    as_of: datetime
+    features: list[str] = Field(description="column names, in the order of the service or the request")
+    rows: list[ServedRow]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="stable kind, e.g. unknown_service, missing_entity_key, redis_unavailable")
+    message: str
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+_STATUS = {
+    "malformed_json": 400,
+    "bad_request": 422,
+    "invalid_request": 422,
+    "unknown_service": 404,
+    "unknown_feature": 404,
+    "missing_entity_key": 422,
+    "unknown_entity_key": 422,
+    "unequal_lengths": 422,
+    "bad_entity_value": 422,
+    "bad_entities": 422,
+    "too_many_rows": 413,
+    "not_materialized": 409,
+    "redis_unavailable": 503,
+    "internal": 500,
+}
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
+
+
+class ApiError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _classify_store_error(exc: BaseException) -> ApiError | None:
+    """Map errors from the online store to API errors; None means 'not ours, a real bug'."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:  # look through `raise ... from` chains
+        seen.add(id(cur))
+        if isinstance(cur, REDIS_DOWN):
+            return ApiError("redis_unavailable", f"the online store (Redis) is not reachable: {cur}. "
+                                                 "Retry shortly; the server reconnects by itself.")
+        cur = cur.__cause__ or cur.__context__
+    name = type(exc).__name__.lower()
+    if isinstance(exc, RegistryError):
+        return ApiError("unknown_feature", str(exc))
+    if "materializ" in name or "materializ" in str(exc).lower() and "never" in str(exc).lower():
+        return ApiError("not_materialized", str(exc))
+    if any(type(c).__name__ == "OnlineStoreError" for c in type(exc).__mro__):
+        if "unavailable" in name or "connection" in name:
+            return ApiError("redis_unavailable", str(exc))
+        return ApiError("bad_request", str(exc))
+    return None
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    """Pydantic's error list -> one sentence that says where and what to send."""
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            pos = e.get("loc", ("body", "?"))[-1]
+            return "malformed_json", (f"request body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')} "
+                                      f"at character {pos}); send a JSON object like "
+                                      '{"service": "fraud_detection", "entities": {"user_id": [42]}}')
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        typ = e.get("type", "")
+        if typ == "missing":
+            parts.append(f"{loc}: required field is missing")
+        elif typ == "extra_forbidden":
+            parts.append(f"{loc}: unknown field; allowed fields are service, features, entities, as_of")
+        elif loc == "body" and typ in ("model_attributes_type", "dict_type", "model_type"):
+            parts.append("body: expected a JSON object (and header Content-Type: application/json)")
+        else:
+            parts.append(f"{loc}: {e.get('msg', typ)} (got {e.get('input')!r})")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid_request", "; ".join(parts) + more
+
+
+def _error_response(metrics: ServingMetrics, kind: str, message: str) -> JSONResponse:
+    metrics.errors.labels(kind).inc()
+    return JSONResponse({"error": kind, "message": message}, status_code=_STATUS.get(kind, 500))
+
+
+# ---- encoding --------------------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, datetime):
+        return _iso(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _iso(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def registry_document(registry: Registry) -> dict[str, Any]:
+    """What GET /v1/registry returns: every definition, its version and fingerprint."""
+    views = []
+    for v in registry.views:
+        doc = {"name": v.name, "version": v.version, "kind": v.kind, "entity": v.entity.join_key,
+               "source": v.source.name, "fingerprint": v.fingerprint(), "description": v.description,
+               "features": list(v.feature_names),
+               "services": registry.services_using(v.name, v.version)}
+        if isinstance(v, BatchFeatureView):
+            doc.update(availability_delay=format_duration(v.availability_delay), ttl=format_duration(v.ttl))
+        else:
+            doc["windows"] = {a.name: {"function": a.function, "column": a.column, "window": format_duration(a.window),
+                                       "hop": format_duration(a.hop)} for a in v.aggregations}
+        views.append(doc)
+    return {
+        "entities": [{"name": e.name, "join_key": e.join_key, "dtype": e.dtype.value, "description": e.description}
+                     for e in registry.entities],
+        "sources": [{**s.definition(), "fingerprint": s.fingerprint(), "description": s.description}
+                    for s in registry.sources],
+        "views": views,
+        "services": [{"name": s.name, "description": s.description, "features": [str(f) for f in s.features],
+                      "columns": [f.column for f in s.features], "pinned_versions": s.pinned_versions}
+                     for s in registry.services],
+    }
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+_ENDPOINTS = {"/v1/features", "/v1/registry", "/healthz", "/metrics"}
+
+
+def _health_client(store: FeatureStore) -> redis.Redis:
+    """A client for /healthz that fails fast: no retries with backoff, short timeouts."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from feature_platform.online.connection import connect_redis
+
+    base = connect_redis(store.settings)
+    kwargs = dict(base.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    pool = redis.ConnectionPool(connection_class=base.connection_pool.connection_class, max_connections=4, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def create_app(store: FeatureStore | None = None) -> FastAPI:
+    """The serving app over `store` (default: FeatureStore() from the environment)."""
+    store = store or FeatureStore()
+    registry = store.registry
+    metrics = ServingMetrics()
+    registry_doc = json.dumps(registry_document(registry)).encode()
+    health: dict[str, redis.Redis] = {}
+
+    app = FastAPI(title="feature_platform online serving", version="1",
+                  description="Typed online feature retrieval from Redis. See docs/online-store.md.")
+    app.state.store = store
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def _time_requests(request: Request, call_next: Callable):
+        start = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        endpoint = path if path in _ENDPOINTS else "other"
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(request: Request, exc: RequestValidationError):
+        kind, message = _validation_message(exc)
+        return _error_response(metrics, kind, message)
+
+    @app.exception_handler(ApiError)
+    async def _on_api_error(request: Request, exc: ApiError):
+        return _error_response(metrics, exc.kind, exc.message)
+
+    @app.exception_handler(ServingInputError)
+    async def _on_input_error(request: Request, exc: ServingInputError):
+        return _error_response(metrics, exc.kind, exc.message)
+
+    @app.post("/v1/features", response_model=FeaturesResponse,
+              responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    def get_features(req: FeaturesRequest) -> Response:
+        resolved = resolve_request(registry, req.service, req.features, req.entities)
+        as_of = req.as_of
+        if as_of is not None and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=timezone.utc)
+        try:
+            if req.service is not None:
+                result = store.get_online_features(entities=resolved.entities, service=req.service, as_of=as_of)
+            else:
+                result = store.get_online_features(entities=resolved.entities, features=resolved.refs, as_of=as_of)
+        except Exception as exc:
+            api = _classify_store_error(exc)
+            if api is None:
+                raise
+            raise api from exc
+        columns = [r.column for r in resolved.refs]
+        keys = list(resolved.entities)
+        ent = resolved.entities
+        rows = result.rows
+        out_rows = [
+            {"entities": {k: ent[k][i] for k in keys},
+             "features": {c: {"value": _clean(fv.value), "age_seconds": fv.age_seconds} for c, fv in row.items()}}
+            for i, row in enumerate(rows)
+        ]
+        _observe_ages(resolved.refs, rows, req.service or "", metrics)
+        body = {"service": req.service, "as_of": _iso(result.as_of), "features": columns, "rows": out_rows}
+        return Response(json.dumps(body, default=_json_default, allow_nan=False).encode(),
+                        media_type="application/json")
+
+    @app.get("/v1/registry")
+    def get_registry() -> Response:
+        return Response(registry_doc, media_type="application/json")
+
+    @app.get("/healthz", responses={503: {"model": ErrorResponse}})
+    def healthz() -> Response:
+        try:
+            client = health.get("client")
+            if client is None:
+                client = health["client"] = _health_client(store)
+            client.ping()
+        except Exception as exc:  # any failure to reach Redis means "not healthy", with the reason
+            metrics.errors.labels("redis_unavailable").inc()
+            return JSONResponse({"status": "unavailable", "error": "redis_unavailable",
+                                 "message": f"Redis is not answering: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ok", "redis": "ok"})
+
+    @app.get("/metrics")
+    def get_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _observe_ages(refs, rows, service: str, metrics: ServingMetrics) -> None:
+    """Feed the per-view age histogram and null counter for one response."""
+    by_view: dict[tuple[str, int], list[str]] = {}
+    for r in refs:
+        by_view.setdefault((r.view, r.version), []).append(r.column)
+    for (view, version), cols in by_view.items():
+        ages = np.array([row[c].age_seconds for row in rows for c in cols], dtype=np.float64)
+        nulls = np.isnan(ages)
+        n_null = int(nulls.sum())
+        if n_null:
+            metrics.missing.labels(view, str(version)).inc(n_null)
+        metrics.ages.observe_many(view, version, ages[~nulls])
+    metrics.rows.labels(service or "-").inc(len(rows))
