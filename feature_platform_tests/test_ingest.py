@@ -111,3 +111,17 @@ def test_cli_exit_codes(tmp_path):
     assert p.returncode == 2 and "unknown source 'nope'" in p.stderr
     p = subprocess.run(cli + ["ingest", "transactions", str(tmp_path / "missing.parquet")], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_chunked_ingest_stores_the_same_as_one_chunk(tmp_path):
+    """Chunks bound memory; duplicates across chunks still count once and row numbers stay file-relative."""
+    f = tmp_path / "in.csv"
+    f.write_text(CSV)
+    whole = FeatureStore(Settings(data_dir=tmp_path / "a", redis_url=None))
+    chunked = FeatureStore(Settings(data_dir=tmp_path / "b", redis_url=None))
+    r1 = ingest_file(whole.offline, "transactions", f)
+    r2 = ingest_file(chunked.offline, "transactions", f, chunk_rows=2)
+    assert stored(whole) == stored(chunked)
+    assert (r1.accepted, r1.duplicates, r1.rejected, r1.too_late) == (r2.accepted, r2.duplicates, r2.rejected, r2.too_late)
+    dead = [row for p in r2.deadletter_path.split(", ") for row in pq.read_table(p).to_pylist()]
+    assert sorted(d["row_number"] for d in dead) == [2, 3, 5, 6, 7]

@@ -9,6 +9,7 @@ dead-letter file with that reason while the valid rows beside them are kept.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -132,7 +133,7 @@ def _time_expr(col: str, arrow_t: pa.DataType) -> str:
 
 
 def validate_events(source: Source, table: pa.Table, now: datetime | None = None,
-                    default_ingested_at: str = "now") -> Validated:
+                    default_ingested_at: str = "now", row_offset: int = 0) -> Validated:
     """Split a batch into typed, flagged events and rejected rows with a reason each.
 
     `ingested_at` is kept where the input has it; where it is missing it is `now` (live
@@ -149,7 +150,8 @@ def validate_events(source: Source, table: pa.Table, now: datetime | None = None
     now = now or datetime.now(timezone.utc)
     now_lit = f"TIMESTAMPTZ '{now.astimezone(timezone.utc).isoformat()}'"
     con = connect()
-    con.register("raw", table.append_column("__row", pa.array(range(table.num_rows), pa.int64())))
+    rows = pa.array(range(row_offset, row_offset + table.num_rows), pa.int64())
+    con.register("raw", table.append_column("__row", rows))
     schema = {f.name: f.type for f in table.schema}
 
     typed: dict[str, str] = {}
@@ -222,13 +224,13 @@ def dedupe_batch(table: pa.Table) -> tuple[pa.Table, int]:
 
 def ingest_table(store: OfflineStore, source_name: str, table: pa.Table, *, input_name: str = "<table>",
                  now: datetime | None = None, default_ingested_at: str = "event_time",
-                 batch_name: str | None = None) -> IngestReport:
+                 batch_name: str | None = None, row_offset: int = 0) -> IngestReport:
     """Validate, deduplicate (within the batch and against the store), flag and store a batch."""
     started = time.perf_counter()
     source = store.registry.source(source_name)
     known = set(source.column_types()) | {EVENT_TIME, INGESTED_AT, "schema_version"}
     ignored = [c for c in table.column_names if c not in known]
-    validated = validate_events(source, table, now=now, default_ingested_at=default_ingested_at)
+    validated = validate_events(source, table, now=now, default_ingested_at=default_ingested_at, row_offset=row_offset)
     batch_name = batch_name or _batch_name(table)
 
     deadletter_path = None
@@ -250,13 +252,76 @@ def ingest_table(store: OfflineStore, source_name: str, table: pa.Table, *, inpu
         ignored_columns=ignored, seconds=time.perf_counter() - started)
 
 
+CHUNK_ROWS = int(os.environ.get("FP_INGEST_CHUNK_ROWS", "2000000"))
+
+
 def ingest_file(store: OfflineStore, source_name: str, path: Path, *, now: datetime | None = None,
-                stamp_now: bool = False) -> IngestReport:
-    """`feature-platform ingest`: a historical import; missing ingested_at becomes event_time unless stamp_now."""
-    table = read_input(Path(path))
-    return ingest_table(store, source_name, table, input_name=str(path), now=now,
-                        default_ingested_at="now" if stamp_now else "event_time",
-                        batch_name=_batch_name(table, salt=str(Path(path).resolve())))
+                stamp_now: bool = False, chunk_rows: int | None = None) -> IngestReport:
+    """`feature-platform ingest`: a historical import; missing ingested_at becomes event_time unless stamp_now.
+
+    Large files are read and stored in chunks, which bounds memory; a chunk is checked against
+    everything stored before it, so duplicates across chunks still count once (first delivery wins).
+    """
+    path = Path(path)
+    started = time.perf_counter()
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    total: IngestReport | None = None
+    offset = 0
+    dead: list[str] = []
+    for i, table in enumerate(_read_chunks(path, chunk_rows)):
+        name = _batch_name(table, salt=f"{path.resolve()}#{i}")
+        r = ingest_table(store, source_name, table, input_name=str(path), now=now,
+                         default_ingested_at="now" if stamp_now else "event_time", batch_name=name, row_offset=offset)
+        offset += table.num_rows
+        if r.deadletter_path:
+            dead.append(r.deadletter_path)
+        if total is None:
+            total = r
+        else:
+            total.input_rows += r.input_rows
+            total.accepted += r.accepted
+            total.duplicates += r.duplicates
+            total.replaced_later_deliveries += r.replaced_later_deliveries
+            total.too_late += r.too_late
+            total.rejected += r.rejected
+            total.files += r.files
+    assert total is not None
+    total.deadletter_path = ", ".join(dead) if dead else None
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+def _read_chunks(path: Path, chunk_rows: int):
+    """Yield the input as Arrow tables of at most chunk_rows rows (at least one, possibly empty)."""
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        sql = f"SELECT * FROM read_parquet({sql_str(path)})"
+    elif suffix in (".csv", ".tsv", ".txt"):
+        sql = f"SELECT * FROM read_csv({sql_str(path)}, all_varchar=true, header=true)"
+    else:
+        raise IngestError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+    con = connect()
+    try:
+        try:
+            reader = con.sql(sql).to_arrow_reader(batch_size=min(chunk_rows, 1_000_000))
+        except duckdb.Error as exc:
+            raise IngestError(f"{path}: cannot read as {suffix[1:]}: {exc}") from exc
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        yielded = False
+        for batch in reader:
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= chunk_rows:
+                yield pa.Table.from_batches(pending)
+                yielded = True
+                pending, rows = [], 0
+        if pending or not yielded:
+            yield pa.Table.from_batches(pending, schema=reader.schema)
+    finally:
+        con.close()
 
 
 def _batch_name(table: pa.Table, salt: str = "") -> str:
