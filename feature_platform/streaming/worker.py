@@ -1,0 +1,506 @@
+"""The stream worker: Redis Stream -> validated events -> online tiles + offline archive, effectively once.
+
+Per batch read with XREADGROUP (docs/streaming.md has the whole story):
+
+1. build an Arrow table from the entries; `ingested_at` = the entry id's time (replays agree);
+2. `validate_events` (the same judge as file ingest); rejects go to the dead-letter stream, once
+   per entry id (Lua: SADD seen + XADD);
+3. claim each accepted event_id in Redis (Lua: HSETNX event_id -> entry id): the first delivery
+   wins; a replay of the winning entry wins again, any other entry with that event_id is a
+   duplicate. Exact counters (events, late, too_late, duplicates) move only on a first claim;
+4. `OnlineStore.apply_events` with the winners (idempotent per event_id, atomic per call);
+5. keep the winners in an archive buffer; every `flush_interval` seconds write them to the offline
+   store (`StreamArchive`, idempotent per entry-id range) and only then XACK the entries.
+
+A kill -9 anywhere leaves the entries unacknowledged; the next life reads its own pending entries
+first (XREADGROUP from id 0) and every step above is idempotent, so nothing is lost and nothing is
+counted twice. Dead workers' entries are taken over with XAUTOCLAIM. Redis errors are retried with
+backoff, re-creating the consumer group if the server came back empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+
+from feature_platform.config import Settings
+from feature_platform.offline.ingest import validate_events
+from feature_platform.offline.store import TS, OfflineStore
+from feature_platform.registry.model import EVENT_ID, EVENT_TIME, INGESTED_AT, Registry, StreamFeatureView
+from feature_platform.streaming.archive import StreamArchive
+from feature_platform.streaming.connection import connect
+from feature_platform.streaming.keys import StreamKeys, parse_id
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, ConnectionResetError, OSError)
+
+# KEYS: totals, claim buckets...   ARGV: n, pexpireat per bucket..., then (bucket#, event_id, entry_id, flag) * n
+# flag: 0 on time, 1 late (its finest tile had closed), 2 too late.
+CLAIM_LUA = """
+local n = tonumber(ARGV[1])
+local nb = #KEYS - 1
+local base = nb + 2
+local out = {}
+local new, late, toolate, dups = 0, 0, 0, 0
+for i = 0, n - 1 do
+  local j = base + i * 4
+  local key = KEYS[tonumber(ARGV[j]) + 1]
+  local eid, mid, flag = ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  if redis.call('HSETNX', key, eid, mid) == 1 then
+    out[i + 1] = 1
+    new = new + 1
+    if flag == '1' then late = late + 1 elseif flag == '2' then toolate = toolate + 1 end
+  elseif redis.call('HGET', key, eid) == mid then
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+    if redis.call('HSETNX', key, '\\1' .. mid, 1) == 1 then dups = dups + 1 end
+  end
+end
+for b = 1, nb do redis.call('PEXPIREAT', KEYS[b + 1], ARGV[b + 1]) end
+if new > 0 then redis.call('HINCRBY', KEYS[1], 'events', new) end
+if late > 0 then redis.call('HINCRBY', KEYS[1], 'late', late) end
+if toolate > 0 then redis.call('HINCRBY', KEYS[1], 'too_late', toolate) end
+if dups > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dups) end
+return out
+"""
+
+# KEYS: deadletter stream, seen set, totals   ARGV: n, then (entry_id, reason, payload) * n
+DEADLETTER_LUA = """
+local n = tonumber(ARGV[1])
+local added = 0
+for i = 0, n - 1 do
+  local mid, reason, payload = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3]
+  if redis.call('SADD', KEYS[2], mid) == 1 then
+    redis.call('XADD', KEYS[1], '*', 'message_id', mid, 'reason', reason, 'payload', payload)
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('HINCRBY', KEYS[3], 'dead_letter', added) end
+return added
+"""
+
+# Lease: KEYS lease  ARGV owner, ttl_ms.  Take it when free or ours; 1 = held by us.
+LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LeaseHeld(RuntimeError):
+    """Another worker holds this source's exclusive lease."""
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class WorkerConfig:
+    source: str = "transactions"
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    batch: int = 1000
+    block_ms: int = 100
+    flush_interval: float = 1.0      # seconds between archive flushes (and XACKs)
+    flush_events: int = 50_000       # flush earlier when this many events are buffered
+    claim_idle_ms: int = 30_000      # XAUTOCLAIM entries idle this long (their worker died)
+    claim_every: float = 5.0
+    claim_margin: timedelta = timedelta(days=1)  # keep first-delivery claims this long past the lateness horizon
+    exclusive: bool = False          # hold the source's lease (one worker per source)
+    lease_ttl_ms: int = 15_000
+    stop_when_idle: bool = False     # exit once the group has no lag and nothing pending (tests, catch-up runs)
+    max_seconds: float | None = None
+
+
+@dataclass
+class WorkerReport:
+    messages: int = 0
+    accepted: int = 0
+    winners: int = 0
+    applied: int = 0
+    rejected: int = 0
+    archived: int = 0
+    replayed: int = 0
+    batches: int = 0
+    flushes: int = 0
+    reconnects: int = 0
+    seconds: float = 0.0
+
+
+class StreamWorker:
+    """One consumer of one source's stream; `run()` loops until stopped (or idle, if asked)."""
+
+    def __init__(self, settings: Settings, registry: Registry, config: WorkerConfig | None = None, *,
+                 online: Any | None = None, client: redis.Redis | None = None,
+                 on_heartbeat: Callable[[dict], None] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cfg = config or WorkerConfig()
+        self.src = registry.source(self.cfg.source)
+        self.keys = StreamKeys.of(settings, self.src.name)
+        self.r = client or connect(settings)
+        self._online = online
+        self.offline = OfflineStore(settings, registry)
+        self.archive = StreamArchive(self.offline, self.src.name)
+        self.report = WorkerReport()
+        self.stop_event = threading.Event()
+        self.on_heartbeat = on_heartbeat
+        views = [v for v in registry.views_of_source(self.src.name) if isinstance(v, StreamFeatureView)]
+        hops = [a.hop_us for v in views for a in v.aggregations]
+        self.finest_hop_us = min(hops) if hops else 60_000_000
+        self._claim = self.r.register_script(CLAIM_LUA)
+        self._deadletter = self.r.register_script(DEADLETTER_LUA)
+        self._lease = self.r.register_script(LEASE_LUA)
+        self._release = self.r.register_script(RELEASE_LUA)
+        # archive buffer: (winners table, entry ids of every entry of the batch)
+        self._buf_tables: list[pa.Table] = []
+        self._buf_ids: list[str] = []
+        self._buf_events = 0
+        self._last_flush = time.monotonic()
+        self._delays: deque[tuple[float, np.ndarray]] = deque()
+        self._applied_log: deque[tuple[float, int]] = deque()
+        self._last_beat = 0.0
+        self._last_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._clock_offset_ms = 0.0
+        self._crash_at = _parse_crash(os.environ.get("FP_STREAM_CRASH_AT", ""))
+        self._started = time.time()
+        self._start_mono = time.monotonic()
+
+    # ---- online store ------------------------------------------------------------------------
+    @property
+    def online(self):
+        if self._online is None:
+            from feature_platform.online.store import OnlineStore
+
+            self._online = OnlineStore.from_settings(self.settings, self.registry)
+        return self._online
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> WorkerReport:
+        started = time.monotonic()
+        try:
+            self._retry(self._ensure_group)
+            self._retry(self._sync_clock)
+            if self.cfg.exclusive and not self._retry(self._take_lease):
+                holder = self.r.get(self.keys.lease)
+                raise LeaseHeld(f"source {self.src.name!r} already has a worker ({_s(holder)}); "
+                                f"one per source when run exclusively (Dagster). Stop it or wait "
+                                f"{self.cfg.lease_ttl_ms / 1000:.0f}s for its lease to lapse.")
+            self._recover_own_pending()
+            while not self.stop_event.is_set():
+                if self.cfg.max_seconds is not None and time.monotonic() - started > self.cfg.max_seconds:
+                    break
+                got = self._step()
+                if self._should_flush(idle=got == 0):
+                    self._flush()
+                self._beat()
+                if got == 0 and self.cfg.stop_when_idle and self._caught_up():
+                    break
+        except _Stop:
+            pass
+        finally:
+            try:
+                if self._buf_ids:
+                    self._flush(allow_stop=False)
+            except Exception:  # noqa: BLE001 - entries stay pending and are replayed by the next run
+                log.exception("final flush failed; the entries stay pending and will be replayed")
+            try:
+                self._beat(force=True, stopping=True)
+                if self.cfg.exclusive:
+                    self._release(keys=[self.keys.lease], args=[self.cfg.consumer])
+            except Exception:  # noqa: BLE001
+                pass
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # ---- Redis plumbing ----------------------------------------------------------------------
+    def _retry(self, fn: Callable[[], Any], allow_stop: bool = True) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._ensure_group()
+            except REDIS_ERRORS as exc:
+                if allow_stop and self.stop_event.is_set():
+                    raise _Stop() from exc
+                self.report.reconnects += 1
+                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _sync_clock(self) -> None:
+        """Offset of the Redis clock (which stamps entry ids) from ours, for delay measurement."""
+        t0 = time.time()
+        sec, usec = self.r.time()
+        t1 = time.time()
+        self._clock_offset_ms = (sec + usec / 1e6 - (t0 + t1) / 2) * 1000
+
+    def _take_lease(self) -> bool:
+        return bool(self._lease(keys=[self.keys.lease], args=[self.cfg.consumer, self.cfg.lease_ttl_ms]))
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _recover_own_pending(self) -> None:
+        """Entries this consumer read in an earlier life but never acknowledged: process them first."""
+        last = "0"
+        while not self.stop_event.is_set():
+            resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer,
+                                                         {self.keys.stream: last}, count=self.cfg.batch))
+            entries = resp[0][1] if resp else []
+            entries = [e for e in entries if e[1]]  # deleted entries come back without fields
+            if not entries:
+                break
+            last = _s(entries[-1][0])
+            self._process(entries)
+            if self._should_flush(idle=False):
+                self._flush()
+
+    def _step(self) -> int:
+        now = time.monotonic()
+        if now - self._last_claim >= self.cfg.claim_every:
+            self._last_claim = now
+            claimed = self._retry(lambda: self.r.xautoclaim(
+                self.keys.stream, self.keys.group, self.cfg.consumer, self.cfg.claim_idle_ms,
+                start_id=self._claim_cursor, count=self.cfg.batch))
+            self._claim_cursor = _s(claimed[0])
+            entries = [e for e in claimed[1] if e[1]]
+            if entries:
+                log.info("claimed %d stale entries of other consumers", len(entries))
+                self._process(entries)
+                return len(entries)
+        resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer, {self.keys.stream: ">"},
+                                                     count=self.cfg.batch, block=self.cfg.block_ms))
+        entries = resp[0][1] if resp else []
+        if entries:
+            self._process(entries)
+        return len(entries)
+
+    def _caught_up(self) -> bool:
+        if self._buf_ids:
+            return False
+        for g in self._retry(lambda: self.r.xinfo_groups(self.keys.stream)):
+            if _s(g["name"]) == self.keys.group:
+                return (g.get("lag") or 0) == 0 and g["pending"] == 0
+        return False
+
+    # ---- one batch ---------------------------------------------------------------------------
+    def _table(self, entries: list) -> tuple[pa.Table, list[str], list[dict]]:
+        ids = [_s(e[0]) for e in entries]
+        fields = [e[1] for e in entries]
+        cols = list(self.src.column_types()) + [EVENT_TIME]
+        if any(_has(f, "schema_version") for f in fields):
+            cols.append("schema_version")
+        data = {c: pa.array([_get(f, c) for f in fields], pa.string()) for c in cols}
+        ms = np.fromiter((int(i.split("-", 1)[0]) for i in ids), dtype=np.int64, count=len(ids))
+        data[INGESTED_AT] = pa.array(ms * 1000, pa.int64()).cast(TS)
+        return pa.table(data), ids, fields
+
+    def _process(self, entries: list) -> None:
+        """Validate, dead-letter, claim, apply one batch; retried as a whole on Redis errors."""
+        table, ids, fields = self._table(entries)
+        validated = validate_events(self.src, table)
+        rejected_rows = validated.rejected.column("row_number").to_pylist() if validated.rejected.num_rows else []
+        self.report.messages += len(ids)
+        self.report.batches += 1
+        if rejected_rows:
+            reasons = validated.rejected.column("reason").to_pylist()
+            args: list[Any] = [len(rejected_rows)]
+            for row, reason in zip(rejected_rows, reasons):
+                payload = json.dumps({_s(k): _s(v) for k, v in fields[row].items()}, sort_keys=True)
+                args += [ids[row], reason, payload]
+            self._retry(lambda: self._deadletter(keys=[self.keys.deadletter, self.keys.deadletter_seen,
+                                                       self.keys.totals], args=args))
+            self.report.rejected += len(rejected_rows)
+        accepted = validated.accepted
+        if rejected_rows:
+            keep = np.ones(len(ids), dtype=bool)
+            keep[rejected_rows] = False
+            acc_ids = [i for i, k in zip(ids, keep) if k]
+        else:
+            acc_ids = ids
+        self.report.accepted += accepted.num_rows
+        winners = accepted
+        if accepted.num_rows:
+            mask = self._retry(lambda: self._claims(accepted, acc_ids))
+            self._crash_point("after_claims")
+            winners = accepted.filter(pa.array(mask, pa.bool_()))
+            self.report.winners += winners.num_rows
+            if winners.num_rows:
+                self._retry(lambda: self.online.apply_events(self.src.name, winners))
+                self.report.applied += winners.num_rows
+            self._crash_point("after_apply")
+        now_ms = time.time() * 1000 + self._clock_offset_ms
+        ms = np.fromiter((int(i.split("-", 1)[0]) for i in ids), dtype=np.int64, count=len(ids))
+        wall = time.monotonic()
+        self._delays.append((wall, now_ms - ms))
+        self._applied_log.append((wall, len(ids)))
+        if winners.num_rows:
+            self._buf_tables.append(winners)
+        self._buf_ids.extend(ids)
+        self._buf_events += winners.num_rows
+
+    def _claims(self, accepted: pa.Table, acc_ids: list[str]) -> list[bool]:
+        et_us = pc.cast(accepted.column(EVENT_TIME), pa.int64()).to_numpy()
+        it_us = pc.cast(accepted.column(INGESTED_AT), pa.int64()).to_numpy()
+        too_late = accepted.column("is_too_late").to_numpy(zero_copy_only=False)
+        h = self.finest_hop_us
+        late = (et_us // h) < (it_us // h)
+        flags = np.where(too_late, 2, np.where(late, 1, 0))
+        day_idx = et_us // (DAY_MS * 1000)
+        days, inv = np.unique(day_idx, return_inverse=True)
+        now_ms = int(time.time() * 1000)
+        lateness_ms = self.src.allowed_lateness_us // 1000
+        margin_ms = int(self.cfg.claim_margin.total_seconds() * 1000)
+        keys = [self.keys.totals] + [self.keys.claims(_day(int(d))) for d in days]
+        expire = [max(int(d + 1) * DAY_MS + lateness_ms, now_ms) + margin_ms for d in days]
+        eids = accepted.column(EVENT_ID).to_pylist()
+        args: list[Any] = [len(eids), *expire]
+        for b, eid, mid, fl in zip(inv.tolist(), eids, acc_ids, flags.tolist()):
+            args += [b + 1, eid, mid, fl]
+        out = self._claim(keys=keys, args=args)
+        return [bool(x) for x in out]
+
+    # ---- archive + ack -----------------------------------------------------------------------
+    def _should_flush(self, idle: bool) -> bool:
+        if not self._buf_ids:
+            return False
+        return (idle or self._buf_events >= self.cfg.flush_events
+                or time.monotonic() - self._last_flush >= self.cfg.flush_interval)
+
+    def _flush(self, allow_stop: bool = True) -> None:
+        ids = self._buf_ids
+        parsed = sorted(parse_id(i) for i in ids)
+        if self._buf_tables:
+            table = pa.concat_tables(self._buf_tables)
+            rep = self.archive.write(table, parsed[0], parsed[-1])
+            self.report.archived += rep.written
+            self.report.replayed += rep.replayed
+            self._crash_point("after_archive")
+        for i in range(0, len(ids), 10_000):
+            chunk = ids[i:i + 10_000]
+            self._retry(lambda: self.r.xack(self.keys.stream, self.keys.group, *chunk), allow_stop=allow_stop)
+        self._crash_point("after_ack")
+        self.report.flushes += 1
+        self._buf_tables, self._buf_ids, self._buf_events = [], [], 0
+        self._last_flush = time.monotonic()
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def stats(self) -> dict:
+        now = time.monotonic()
+        while self._delays and now - self._delays[0][0] > 30:
+            self._delays.popleft()
+        while self._applied_log and now - self._applied_log[0][0] > 10:
+            self._applied_log.popleft()
+        d = np.concatenate([x for _, x in self._delays]) if self._delays else np.empty(0)
+        span = min(10.0, max(now - self._start_mono, 1e-3))
+        return {
+            "heartbeat": time.time(),
+            "consumer": self.cfg.consumer,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "events_per_s": sum(n for _, n in self._applied_log) / span,
+            "delay_p50_ms": float(np.percentile(d, 50)) if d.size else None,
+            "delay_p99_ms": float(np.percentile(d, 99)) if d.size else None,
+            "delay_samples": int(d.size),
+            "messages": self.report.messages,
+            "reconnects": self.report.reconnects,
+            "buffered": len(self._buf_ids),
+        }
+
+    def _beat(self, force: bool = False, stopping: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < 1.0:
+            return
+        self._last_beat = now
+        s = self.stats()
+        s["stopped"] = stopping
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hset(self.keys.workers, self.cfg.consumer, json.dumps(s))
+            if self.cfg.exclusive and not stopping:
+                pipe.evalsha(self._lease.sha, 1, self.keys.lease, self.cfg.consumer, self.cfg.lease_ttl_ms)
+            res = pipe.execute(raise_on_error=False)
+            if self.cfg.exclusive and not stopping and res[-1] == 0:
+                log.error("lost the exclusive lease of %s to another worker; stopping", self.src.name)
+                self.stop_event.set()
+            elif self.cfg.exclusive and not stopping and isinstance(res[-1], Exception):
+                self._take_lease()
+        except REDIS_ERRORS:
+            pass
+        if self.on_heartbeat:
+            self.on_heartbeat(s)
+
+    # ---- fault injection (tests) ---------------------------------------------------------------
+    def _crash_point(self, name: str) -> None:
+        if self._crash_at and self._crash_at[0] == name:
+            self._crash_at[1] -= 1
+            if self._crash_at[1] <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parse_crash(spec: str) -> list | None:
+    """FP_STREAM_CRASH_AT=point:n — SIGKILL ourselves the n-th time we pass `point` (crash tests)."""
+    if not spec:
+        return None
+    point, _, n = spec.partition(":")
+    return [point, int(n or 1)]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _get(fields: dict, name: str) -> Any:
+    v = fields.get(name)
+    if v is None:
+        v = fields.get(name.encode())
+    return v
+
+
+def _has(fields: dict, name: str) -> bool:
+    return name in fields or name.encode() in fields
+
+
+def _day(day_index: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(days=day_index)).date().isoformat()
