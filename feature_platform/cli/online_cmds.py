@@ -109,13 +109,21 @@ def online_get(service: str | None, features: tuple[str, ...], entities: tuple[s
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str, port: int, log_level: str) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes. Above 1, each keeps its own /metrics counters (scrape each or use 1).")
+def serve(host: str, port: int, log_level: str, workers: int) -> None:
     """Serve features over HTTP (FastAPI + uvicorn).
 
     POST /v1/features, GET /v1/registry, GET /healthz, GET /metrics; OpenAPI docs at /docs.
     """
     from feature_platform.serving.server import serve as run
 
+    if workers > 1:
+        from feature_platform.serving.server import serve_workers
+
+        _store()  # fail here, once, on a broken feature repo rather than in every worker
+        serve_workers(host=host, port=port, log_level=log_level, workers=workers)
+        return
     run(_store(), host=host, port=port, log_level=log_level)
 
 

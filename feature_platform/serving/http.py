@@ -22,7 +22,7 @@ import json
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import redis
@@ -90,6 +90,7 @@ _STATUS = {
     "bad_entities": 422,
     "too_many_rows": 413,
     "not_materialized": 409,
+    "online_store_error": 500,
     "redis_unavailable": 503,
     "internal": 500,
 }
@@ -105,6 +106,8 @@ class ApiError(Exception):
 
 def _classify_store_error(exc: BaseException) -> ApiError | None:
     """Map errors from the online store to API errors; None means 'not ours, a real bug'."""
+    from feature_platform.online.errors import BadRequestError, NotMaterializedError, OnlineStoreError
+
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:  # look through `raise ... from` chains
@@ -113,15 +116,12 @@ def _classify_store_error(exc: BaseException) -> ApiError | None:
             return ApiError("redis_unavailable", f"the online store (Redis) is not reachable: {cur}. "
                                                  "Retry shortly; the server reconnects by itself.")
         cur = cur.__cause__ or cur.__context__
-    name = type(exc).__name__.lower()
-    if isinstance(exc, RegistryError):
-        return ApiError("unknown_feature", str(exc))
-    if "materializ" in name or "materializ" in str(exc).lower() and "never" in str(exc).lower():
+    if isinstance(exc, NotMaterializedError):
         return ApiError("not_materialized", str(exc))
-    if any(type(c).__name__ == "OnlineStoreError" for c in type(exc).__mro__):
-        if "unavailable" in name or "connection" in name:
-            return ApiError("redis_unavailable", str(exc))
+    if isinstance(exc, (BadRequestError, RegistryError)):
         return ApiError("bad_request", str(exc))
+    if isinstance(exc, OnlineStoreError):
+        return ApiError("online_store_error", str(exc))
     return None
 
 
@@ -221,6 +221,43 @@ def _health_client(store: FeatureStore) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+class _TimingMiddleware:
+    """Pure ASGI middleware (cheaper than @app.middleware("http")): latency and status per endpoint."""
+
+    def __init__(self, app, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        recorded = False
+
+        async def send_and_record(message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start":
+                # Recorded before the first byte leaves, so a client that got its answer and then
+                # scrapes /metrics always sees this request counted.
+                recorded = True
+                self._record(scope, start, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        except BaseException:
+            if not recorded:
+                self._record(scope, start, 500)
+            raise
+
+    def _record(self, scope, start: float, status: int) -> None:
+        path = scope.get("path", "")
+        endpoint = path if path in _ENDPOINTS else "other"
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+
+
 def create_app(store: FeatureStore | None = None) -> FastAPI:
     """The serving app over `store` (default: FeatureStore() from the environment)."""
     store = store or FeatureStore()
@@ -234,15 +271,7 @@ def create_app(store: FeatureStore | None = None) -> FastAPI:
     app.state.store = store
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def _time_requests(request: Request, call_next: Callable):
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path
-        endpoint = path if path in _ENDPOINTS else "other"
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_TimingMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError):

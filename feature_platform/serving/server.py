@@ -8,6 +8,7 @@ instead of an in-process ASGI client, and can still share one FeatureStore with 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,38 @@ def _config(app, host: str, port: int, log_level: str = "warning") -> uvicorn.Co
                           loop="auto", http="auto", lifespan="on")
 
 
+# The GIL is handed between the event loop and the threadpool running the (blocking) Redis reads.
+# With CPython's default 5 ms switch interval a waiting thread can sit out whole 5 ms slices, which
+# showed up as a 20-30 ms p99 at 16 concurrent clients; 0.2 ms brought it back to a few ms (see
+# docs/benchmarks.md). Only set in processes we own (serve, serve_workers), never in a library call.
+SWITCH_INTERVAL_S = 0.0002
+
+
+def tune_process() -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def worker_app():
+    """uvicorn factory for worker processes: tune the process, then build the app from the env."""
+    from feature_platform.serving.http import create_app
+
+    tune_process()
+    return create_app()
+
+
 def serve(store: FeatureStore | None = None, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
     """Block serving the app until interrupted (Ctrl-C / SIGTERM, handled by uvicorn)."""
     from feature_platform.serving.http import create_app
 
+    tune_process()
     uvicorn.Server(_config(create_app(store), host, port, log_level)).run()
+
+
+def serve_workers(host: str, port: int, workers: int, log_level: str = "info") -> None:
+    """Several uvicorn worker processes; each builds its own FeatureStore from the environment."""
+    uvicorn.run("feature_platform.serving.server:worker_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=False)
 
 
 @dataclass
