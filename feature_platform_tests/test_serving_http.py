@@ -100,9 +100,9 @@ def load_world(fs: FeatureStore, seed: int = 5) -> World:
     return World(events, batch, ft_us, as_of=now)
 
 
-def expected(world: World, fs: FeatureStore, ref, key: int) -> tuple[Any, float | None]:
+def expected(world: World, registry, ref, key: int) -> tuple[Any, float | None]:
     """(value, age_seconds) by brute force: reference.py for stream views, the pushed row for batch."""
-    view = fs.registry.view(ref.view, ref.version)
+    view = registry.view(ref.view, ref.version)
     t = to_us(world.as_of)
     if isinstance(view, BatchFeatureView):
         served = world.ft_us + view.availability_delay_us <= t < world.ft_us + view.ttl_us
@@ -126,7 +126,7 @@ def assert_rows_match(body: dict, world: World, fs: FeatureStore, refs, entities
         assert list(row.features) == [r.column for r in refs]
         for r in refs:
             key = entities[fs.registry.view(r.view, r.version).entity.join_key][i]
-            want, want_age = expected(world, fs, r, key)
+            want, want_age = expected(world, fs.registry, r, key)
             got = row.features[r.column]
             assert close(got.value, want), f"row {i} {r.column}: served {got.value!r}, expected {want!r}"
             if want_age is None:
