@@ -124,28 +124,55 @@ def view_checks(registry: Registry, view: BatchFeatureView) -> list[dg.AssetChec
     ]
 
 
+def online_state(fp: FeatureStoreResource, registry: Registry, view: BatchFeatureView
+                 ) -> tuple[datetime | None, datetime | None]:
+    """(newest feature_timestamp pushed, pushed_at) as the online store itself records them."""
+    entry = fp.store(registry).online.materialized_versions().get((view.name, view.version)) or {}
+    ft = entry.get("max_feature_timestamp")
+    pushed = entry.get("last_push_at")
+    return (datetime.fromisoformat(ft) if ft else None, datetime.fromisoformat(pushed) if pushed else None)
+
+
+def online_verdict(fp: FeatureStoreResource, registry: Registry, view: BatchFeatureView) -> health.Verdict:
+    now = fp.now()
+    try:
+        ft, pushed = online_state(fp, registry, view)
+    except Exception as exc:  # noqa: BLE001 - Redis down is itself the alert
+        return health.Verdict("online_freshness", False, health.ERROR,
+                              f"cannot read the online store: {exc}", {"measured_at": now})
+    return health.online_freshness(view, ft, now, pushed_at=pushed)
+
+
 def online_checks(registry: Registry, view: BatchFeatureView) -> list[dg.AssetChecksDefinition]:
     key = online_key(view)
-
-    def measure(fp: FeatureStoreResource, context: dg.AssetCheckExecutionContext) -> health.Verdict:
-        ft, pushed_at = last_online_push(context.instance, key)
-        return health.online_freshness(view, ft, fp.now(), pushed_at=pushed_at)
-
-    return [_check(key, "online_freshness", f"ERROR when the online copy's feature_timestamp is older than "
-                   f"cadence + grace ({view.cadence + view.sla.grace}).", False, measure)]
+    return [_check(key, "online_freshness", f"ERROR when the online copy's feature_timestamp (as recorded in Redis) is "
+                   f"older than cadence + grace ({view.cadence + view.sla.grace}).", False,
+                   lambda fp, _: online_verdict(fp, registry, view))]
 
 
-def last_online_push(instance: dg.DagsterInstance, key: dg.AssetKey) -> tuple[datetime | None, datetime | None]:
-    """(feature_timestamp, pushed_at) of the newest online push recorded by Dagster."""
-    from datetime import timezone
+def stream_checks(registry: Registry, source: Source) -> list[dg.AssetChecksDefinition]:
+    """Stream-worker health of a source, on its raw asset (the worker is that source's live door)."""
+    from feature_platform.defs import stream_health
 
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return None, None
-    md = event.asset_materialization.metadata
-    ft = md.get("feature_timestamp")
-    ft_dt = datetime.fromtimestamp(ft.value, timezone.utc) if ft is not None else None
-    return ft_dt, datetime.fromtimestamp(event.timestamp, timezone.utc)
+    sla = stream_health.stream_sla(registry, source.name)
+    if sla is None:
+        return []
+
+    def pick(name: str):
+        def measure(fp: FeatureStoreResource, _) -> health.Verdict:
+            verdicts = stream_health.read_verdicts(fp.settings(), registry, source.name, fp.now())
+            return next((v for v in verdicts if v.name == name), verdicts[0])
+        return measure
+
+    key = raw_key(source)
+    return [
+        _check(key, "stream_heartbeat", f"ERROR when the stream worker's newest heartbeat is older than {sla.heartbeat}.",
+               False, pick("stream_heartbeat")),
+        _check(key, "stream_lag", f"WARN when the consumer lag exceeds {sla.consumer_lag_events} events.",
+               False, pick("stream_lag")),
+        _check(key, "stream_delay_p99", f"WARN when the event-to-online delay p99 exceeds {sla.delay_p99}.",
+               False, pick("stream_delay_p99")),
+    ]
 
 
 def training_checks(registry: Registry, service: FeatureService) -> list[dg.AssetChecksDefinition]:

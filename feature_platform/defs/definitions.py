@@ -1,6 +1,6 @@
 """Build the Dagster Definitions of a feature repo (the registry decides which assets exist)."""
 
-from __future__ import annotations
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -12,27 +12,48 @@ from feature_platform.registry import Registry, load_registry
 from feature_platform.registry.model import BatchFeatureView
 
 
-def build_definitions(registry: Registry | None = None, resource: FeatureStoreResource | None = None) -> dg.Definitions:
-    registry = registry or load_registry()
-    assets: list[dg.AssetsDefinition] = [A.build_registry_asset(registry)]
-    checks: list[dg.AssetChecksDefinition] = C.registry_checks(registry)
-    sensors: list[dg.SensorDefinition] = []
+@dataclass
+class Parts:
+    """The pieces before they are bound to resources: `dg.materialize(parts.assets + parts.checks, ...)`
+    runs them in-process (tests, `feature-platform backfill`), `build_definitions` serves them to Dagster."""
+
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+    checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+    sensors: list[dg.SensorDefinition] = field(default_factory=list)
+    schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
+    jobs: list = field(default_factory=list)
+
+    def checks_of(self, key: dg.AssetKey | str) -> list[dg.AssetChecksDefinition]:
+        key = dg.AssetKey(key) if isinstance(key, str) else key
+        return [c for c in self.checks if any(k.asset_key == key for k in c.check_keys)]
+
+    def asset(self, key: dg.AssetKey | str) -> dg.AssetsDefinition:
+        key = dg.AssetKey(key) if isinstance(key, str) else key
+        return next(a for a in self.assets if a.key == key)
+
+
+def build_parts(registry: Registry) -> Parts:
+    p = Parts(assets=[A.build_registry_asset(registry)], checks=C.registry_checks(registry))
     for source in registry.sources:
-        assets.append(A.build_raw_asset(registry, source))
-        checks += C.raw_checks(registry, source)
-        sensors.append(build_landing_sensor(registry, source))
+        p.assets.append(A.build_raw_asset(registry, source))
+        p.checks += C.raw_checks(registry, source) + C.stream_checks(registry, source)
+        p.sensors.append(build_landing_sensor(registry, source))
     for view in registry.views:
         if isinstance(view, BatchFeatureView):
-            assets += [A.build_batch_asset(registry, view), A.build_online_asset(registry, view)]
-            checks += C.view_checks(registry, view) + C.online_checks(registry, view)
+            p.assets += [A.build_batch_asset(registry, view), A.build_online_asset(registry, view)]
+            p.checks += C.view_checks(registry, view) + C.online_checks(registry, view)
     for service in registry.services:
-        assets.append(A.build_training_asset(registry, service))
-        checks += C.training_checks(registry, service)
-    sensors.append(build_automation_sensor([a.key for a in assets]))
-    jobs, schedules = [], []
+        p.assets.append(A.build_training_asset(registry, service))
+        p.checks += C.training_checks(registry, service)
+    p.sensors.append(build_automation_sensor([a.key for a in p.assets]))
     daily = build_daily_schedule(registry)
     if daily:
-        jobs.append(daily[0])
-        schedules.append(daily[1])
-    return dg.Definitions(assets=assets, asset_checks=checks, sensors=sensors, schedules=schedules, jobs=jobs,
-                          resources={"fp": resource or resource_from_env()})
+        p.jobs.append(daily[0])
+        p.schedules.append(daily[1])
+    return p
+
+
+def build_definitions(registry: Registry | None = None, resource: FeatureStoreResource | None = None) -> dg.Definitions:
+    p = build_parts(registry or load_registry())
+    return dg.Definitions(assets=p.assets, asset_checks=p.checks, sensors=p.sensors, schedules=p.schedules,
+                          jobs=p.jobs, resources={"fp": resource or resource_from_env()})
