@@ -43,7 +43,13 @@ def ingest(source: str, files: tuple[Path, ...], stamp_now: bool) -> None:
     rejected = 0
     for f in files:
         try:
-            report = ingest_file(fs.offline, source, f, stamp_now=stamp_now)
+            done = [0]
+
+            def progress(chunk) -> None:
+                done[0] += chunk.input_rows
+                click.echo(f"  {f.name}: {done[0]:,} rows read, {chunk.accepted:,} new in this chunk", err=True)
+
+            report = ingest_file(fs.offline, source, f, stamp_now=stamp_now, progress=progress)
         except IngestError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

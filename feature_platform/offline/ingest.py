@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import pyarrow as pa
@@ -256,7 +257,8 @@ CHUNK_ROWS = int(os.environ.get("FP_INGEST_CHUNK_ROWS", "2000000"))
 
 
 def ingest_file(store: OfflineStore, source_name: str, path: Path, *, now: datetime | None = None,
-                stamp_now: bool = False, chunk_rows: int | None = None) -> IngestReport:
+                stamp_now: bool = False, chunk_rows: int | None = None,
+                progress: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """`feature-platform ingest`: a historical import; missing ingested_at becomes event_time unless stamp_now.
 
     Large files are read and stored in chunks, which bounds memory; a chunk is checked against
@@ -273,6 +275,8 @@ def ingest_file(store: OfflineStore, source_name: str, path: Path, *, now: datet
         r = ingest_table(store, source_name, table, input_name=str(path), now=now,
                          default_ingested_at="now" if stamp_now else "event_time", batch_name=name, row_offset=offset)
         offset += table.num_rows
+        if progress is not None:
+            progress(r)
         if r.deadletter_path:
             dead.append(r.deadletter_path)
         if total is None:
