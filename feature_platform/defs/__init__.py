@@ -1,18 +1,22 @@
 """The Dagster code location of feature_platform (`dagster dev` in the repo root loads `defs`).
 
 The assets, checks, schedules and sensors are generated from the feature repo (FP_REGISTRY);
-the streaming engineer's `feature_platform/defs/streaming.py` (if present) is merged in.
-See docs/operations.md.
+the streaming engineer's `feature_platform/defs/streaming.py` (its `streaming_defs`), when the
+file exists, is merged in. See docs/operations.md.
+
+`defs` is built on first access (PEP 562 module __getattr__; Dagster's loader finds it through
+dir()/getattr), so importing the Dagster-free helpers in this package (health, registry_lock,
+landing, stream_health) from the CLI neither imports Dagster nor builds the graph.
 """
 
 from __future__ import annotations
 
-import dagster as dg
-
-from feature_platform.defs.definitions import build_definitions
+from typing import Any
 
 
-def _with_streaming(base: dg.Definitions) -> dg.Definitions:
+def _with_streaming(base: Any) -> Any:
+    import dagster as dg
+
     try:
         from feature_platform.defs.streaming import streaming_defs
     except ModuleNotFoundError as exc:  # the streaming module has not landed: the rest still loads
@@ -22,6 +26,15 @@ def _with_streaming(base: dg.Definitions) -> dg.Definitions:
     return dg.Definitions.merge(base, streaming_defs)
 
 
-defs = _with_streaming(build_definitions())
+def __getattr__(name: str) -> Any:
+    if name == "defs":
+        from feature_platform.defs.definitions import build_definitions
 
-__all__ = ["defs", "build_definitions"]
+        value = _with_streaming(build_definitions())
+        globals()["defs"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"defs"})

@@ -273,7 +273,7 @@ def build_online_asset(registry: Registry, view: BatchFeatureView) -> dg.AssetsD
         table = pq.read_table(store.offline.view_partition_path(view, day))
         table = table.replace_schema_metadata(None)
         started = time.perf_counter()
-        report = store.online.push_batch_rows(view, table)
+        report = store.online.push_batch_rows(view, table, now=fp.now())
         store.online.mark_materialized(view)
         seconds = getattr(report, "seconds", None) or (time.perf_counter() - started)
         ft = getattr(report, "feature_timestamp", None) or feature_timestamp(day)
