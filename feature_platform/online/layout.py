@@ -4,7 +4,7 @@ Keys (all under `settings.key_prefix`, written `<p>` below):
 
     <p>:<view>:v<version>:<entity value>   one hash per (view, version, entity), batch and stream alike
     <p>:meta:views                         hash: "<view>:v<version>" -> JSON (kind, fingerprint, times)
-    <p>:dedupe:<source>:<bucket start s>   set of event_ids applied, per source and event-time hour
+    <p>:dedupe:<source>                    sorted set: event_id -> when it may be forgotten (event_time + retention)
 
 Batch hashes hold `S = ceil(ttl / cadence) + 1` slots; the row with feature_timestamp `ft` lives in
 slot `(ft / cadence) mod S` as fields `<slot>:ft` (ft in epoch seconds) and `<slot>:<feature>`.
@@ -22,7 +22,6 @@ from typing import Any
 from feature_platform.registry.model import BatchFeatureView, Dtype, StreamFeatureView
 
 META_SUFFIX = "meta:views"
-DEDUPE_BUCKET_US = 3_600_000_000  # one set of seen event_ids per source and event-time hour
 
 
 def view_key_prefix(prefix: str, view_name: str, version: int) -> str:
@@ -37,8 +36,8 @@ def meta_field(view_name: str, version: int) -> str:
     return f"{view_name}:v{version}"
 
 
-def dedupe_prefix(prefix: str, source: str) -> str:
-    return f"{prefix}:dedupe:{source}:"
+def dedupe_key(prefix: str, source: str) -> str:
+    return f"{prefix}:dedupe:{source}"
 
 
 def to_us(t: datetime) -> int:

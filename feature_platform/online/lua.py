@@ -1,12 +1,13 @@
 """Server-side scripts. Both run atomically, so a crash between two calls never leaves half a batch.
 
 APPLY_EVENTS: one call per batch of events of one source, for every stream view of that source.
-Dedupe (SADD into a per-source, per-event-hour set) and the tile updates happen in the same atomic
+Dedupe (ZADD NX of the event_id into the source's sorted set, scored by when it may be forgotten)
+and the tile updates happen in the same atomic
 script, so re-applying a batch after a crash changes nothing. Tiles are read once, updated in a
 Lua table, and written once per (key, field) at the end.
 
 ARGV[1] = JSON config:
-  now_us, native (bool), server_gc (bool), dedupe_prefix, bucket_us, dedupe_retention_us,
+  now_us, native (bool), dedupe_key, dedupe_retention_us,
   views: [{prefix, jk (1-based index into the event's keys), lateness_us,
            hops: [{h_us, h_s, w_us, init: [...], comps: [[kind, col (1-based, 0 = none), slot (1-based)], ...]}]}]
 ARGV[2] = JSON events: [[event_id, event_time_us, [key text per join key], [value per column]], ...]
@@ -71,8 +72,11 @@ local function copy(t) local c = {} for i = 1, #t do c[i] = t[i] end return c en
 
 local cache = {}      -- key -> {view=, fields={field -> {tile=, exp=}}}
 local order = {}
-local dedupe_keys = {}
 local applied, dups, writes = 0, 0, 0
+local dkey = cfg.dedupe_key
+local dmax = 0
+-- forget event ids whose every tile has expired (a duplicate of them could not change anything)
+redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. fmt_int(now_us))
 
 local function tile(key, view, field, init, exp)
   local entry = cache[key]
@@ -95,13 +99,12 @@ end
 
 for _, ev in ipairs(events) do
   local eid, et, ks, vals = ev[1], ev[2], ev[3], ev[4]
-  local bucket = math.floor(et / cfg.bucket_us) * cfg.bucket_us
-  local dkey = cfg.dedupe_prefix .. fmt_int(bucket / 1000000)
-  if redis.call('SADD', dkey, eid) == 0 then
+  local forget_at = et + cfg.dedupe_retention_us
+  if redis.call('ZADD', dkey, 'NX', fmt_int(forget_at), eid) == 0 then
     dups = dups + 1
   else
     applied = applied + 1
-    if dedupe_keys[dkey] == nil then dedupe_keys[dkey] = bucket end
+    if forget_at > dmax then dmax = forget_at end
     for _, v in ipairs(views) do
       local key = v.prefix .. ks[v.jk]
       for _, h in ipairs(v.hops) do
@@ -136,9 +139,7 @@ for _, ev in ipairs(events) do
   end
 end
 
-for dkey, bucket in pairs(dedupe_keys) do
-  redis.call('PEXPIREAT', dkey, math.floor((bucket + cfg.bucket_us + cfg.dedupe_retention_us) / 1000))
-end
+if dmax > 0 then expire_at_least(dkey, math.floor(dmax / 1000)) end
 
 for _, key in ipairs(order) do
   local entry = cache[key]

@@ -34,13 +34,12 @@ from feature_platform.online.errors import (
     StaleDefinitionError,
 )
 from feature_platform.online.layout import (
-    DEDUPE_BUCKET_US,
     BatchLayout,
     HopSpec,
     batch_feature_dtype,
     cast_value,
     decode_batch,
-    dedupe_prefix,
+    dedupe_key,
     from_us,
     hop_specs,
     meta_field,
@@ -311,7 +310,7 @@ class OnlineStore:
         retention = max(max(s.hop_us + s.retention_us(src.allowed_lateness_us) for s in hop_specs(v).values())
                         for v in views)
         cfg = json.dumps({"now_us": now_us, "native": self.native_field_ttl, "views": cfg_views,
-                          "dedupe_prefix": dedupe_prefix(self.prefix, source), "bucket_us": DEDUPE_BUCKET_US,
+                          "dedupe_key": dedupe_key(self.prefix, source),
                           "dedupe_retention_us": retention})
 
         # Columns -> plain lists (vectorised), then rows by zip: json.dumps serialises them in C.
