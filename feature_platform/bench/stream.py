@@ -1,0 +1,163 @@
+"""`feature-platform bench stream`: one worker's sustained events/s and the produce-to-visible delay at a
+fixed rate, against the raw rate of XREADGROUP + XACK with no work, measured in the same run.
+
+Phases (all on FP_REDIS_URL, or the embedded Redis, under a private key prefix deleted at the end):
+1. raw: N entries on a scratch stream, consumed by XREADGROUP (same batch size) + XACK, nothing else;
+2. sustained: N entries backlogged on the source stream, drained by one in-process StreamWorker
+   (validate, claims, tiles of every stream view, archive, XACK);
+3. delay: a worker process runs while this process produces at --rate for --seconds; the delay of an
+   event is (tiles written) - (XADD time, the entry id), p50/p99 over every event of the phase, as
+   reported by the worker's heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+
+
+def _events(n: int, seed: int, users: int = 10_000, merchants: int = 1_000) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    now_us = int(datetime.now(timezone.utc).timestamp() * 1e6)
+    et = now_us - rng.integers(0, 50 * 60 * 1_000_000, n)  # the last 50 minutes: on time, some late
+    return pa.table({
+        "event_id": pa.array([f"b{seed}-{i}" for i in range(n)], pa.string()),
+        "user_id": pa.array(rng.integers(0, users, n), pa.int64()),
+        "merchant_id": pa.array(rng.integers(0, merchants, n), pa.int64()),
+        "amount": pa.array(np.round(rng.gamma(2.0, 40.0, n), 2), pa.float64()),
+        "country": pa.array(rng.choice(["DE", "FR", "US", "GB"], n), pa.string()),
+        "event_time": pa.array(et, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _raw_rate(r, stream: str, n: int, batch: int) -> float:
+    """XREADGROUP + XACK of n entries, no work: the ceiling any worker on this Redis can reach."""
+    r.xgroup_create(stream, "raw", id="0", mkstream=True)
+    started = time.perf_counter()
+    done = 0
+    while done < n:
+        resp = r.xreadgroup("raw", "c", {stream: ">"}, count=batch, block=100)
+        if not resp:
+            break
+        ids = [e[0] for e in resp[0][1]]
+        r.xack(stream, "raw", *ids)
+        done += len(ids)
+    return done / (time.perf_counter() - started)
+
+
+@click.command("stream")
+@click.option("--events", "n", type=int, default=100_000, show_default=True, help="Events for the raw and sustained phases.")
+@click.option("--rate", type=float, default=10_000, show_default=True, help="Producer rate of the delay phase (events/s).")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of the delay phase.")
+@click.option("--batch", type=int, default=1000, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def command(n: int, rate: float, seconds: float, batch: int, json_out: Path | None) -> None:
+    """Stream worker throughput and produce-to-visible delay vs raw XREADGROUP+XACK."""
+    from feature_platform.config import Settings
+    from feature_platform.registry import load_registry
+    from feature_platform.streaming.connection import connect
+    from feature_platform.streaming.metrics import read_stream_metrics
+    from feature_platform.streaming.producer import produce
+    from feature_platform.streaming.worker import StreamWorker, WorkerConfig
+
+    base = Settings.from_env()
+    tmp = Path(tempfile.mkdtemp(prefix="fp-bench-stream-"))
+    prefix = f"{base.key_prefix}:bench:{uuid.uuid4().hex[:8]}"
+    settings = replace(base, data_dir=tmp / "data", key_prefix=prefix)
+    if base.redis_url is None:  # embedded: share the caller's server, keep data separate
+        settings = replace(settings, data_dir=base.data_dir)
+        click.echo("note: no FP_REDIS_URL, using the embedded Redis (slower than a real server)", err=True)
+    registry = load_registry()
+    r = connect(settings)
+    results: dict = {"events": n, "batch": batch, "rate_target": rate, "seconds": seconds}
+    try:
+        # 1. raw XREADGROUP + XACK
+        table = _events(n, seed=1)
+        raw_stream = f"{prefix}:raw"
+        started = time.perf_counter()
+        from feature_platform.streaming.producer import encode_messages
+
+        for i in range(0, n, 1000):
+            pipe = r.pipeline(transaction=False)
+            for m in encode_messages(table.slice(i, 1000), 1):
+                pipe.xadd(raw_stream, m)
+            pipe.execute()
+        results["produce_unpaced_per_s"] = n / (time.perf_counter() - started)
+        results["raw_per_s"] = _raw_rate(r, raw_stream, n, batch)
+        click.echo(f"raw XREADGROUP+XACK: {results['raw_per_s']:,.0f} entries/s", err=True)
+
+        # 2. sustained: drain a backlog of n events with one in-process worker
+        produce(settings, registry, "transactions", table, client=r)
+        w = StreamWorker(settings, registry, WorkerConfig(consumer="bench-sustained", batch=batch, stop_when_idle=True))
+        rep = w.run()
+        results["sustained_per_s"] = rep.messages / rep.seconds
+        results["sustained_applied"] = rep.applied
+        results["sustained_archived"] = rep.archived
+        click.echo(f"sustained worker: {results['sustained_per_s']:,.0f} events/s ({rep.messages} in {rep.seconds:.1f}s)",
+                   err=True)
+
+        # 3. delay at a fixed rate: worker in its own process, this process produces
+        env = dict(os.environ, FP_DATA_DIR=str(settings.data_dir), FP_KEY_PREFIX=prefix)
+        if settings.redis_url:
+            env["FP_REDIS_URL"] = settings.redis_url
+        proc = subprocess.Popen([sys.executable, "-m", "feature_platform.cli", "stream", "run", "--consumer",
+                                 "bench-delay", "--batch", str(batch)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2.0)  # let it import and block on the stream
+            m_events = int(rate * seconds)
+            live = _events(m_events, seed=2)
+            prep = produce(settings, registry, "transactions", live, rate=rate, client=r)
+            results["produced_per_s"] = prep.rate
+            produced_at = time.monotonic()
+            caught_up_after = None
+            while time.monotonic() - produced_at < 60:
+                m = read_stream_metrics(settings, registry, "transactions", client=r)
+                if m.lag == 0 and m.pending == 0:
+                    caught_up_after = time.monotonic() - produced_at
+                    break
+                time.sleep(0.05)
+            results["caught_up_after_s"] = caught_up_after
+            time.sleep(1.2)  # one more heartbeat with every sample of the phase
+            m = read_stream_metrics(settings, registry, "transactions", client=r)
+            me = next(x for x in m.workers if x.consumer == "bench-delay")
+            results["delay_p50_ms"] = me.delay_p50_ms
+            results["delay_p99_ms"] = me.delay_p99_ms
+            results["sustained_rate"] = bool(prep.rate >= 0.95 * rate and caught_up_after is not None
+                                             and caught_up_after < 1.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    finally:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i:i + 500])
+    ratio = results["sustained_per_s"] / results["raw_per_s"]
+    results["sustained_vs_raw"] = ratio
+    click.echo("")
+    click.echo("| measure | value |")
+    click.echo("| --- | ---: |")
+    click.echo(f"| raw XREADGROUP+XACK, no work (batch {batch}) | {results['raw_per_s']:,.0f} events/s |")
+    click.echo(f"| one worker, sustained (backlog of {n:,}) | {results['sustained_per_s']:,.0f} events/s |")
+    click.echo(f"| worker / raw | {ratio:.2f}x |")
+    click.echo(f"| producer rate achieved (target {rate:,.0f}/s for {seconds:.0f}s) | {results['produced_per_s']:,.0f} events/s |")
+    click.echo(f"| produce-to-visible delay p50 | {results['delay_p50_ms']:.1f} ms |")
+    click.echo(f"| produce-to-visible delay p99 | {results['delay_p99_ms']:.1f} ms |")
+    click.echo(f"| worker caught up after the producer stopped | "
+               f"{'%.2f s' % results['caught_up_after_s'] if results['caught_up_after_s'] is not None else 'no (60 s)'} |")
+    click.echo(f"| rate sustained | {'yes' if results['sustained_rate'] else 'NO'} |")
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
