@@ -68,6 +68,8 @@ class Runner:
         if with_checks:
             defs += self.parts.checks
             selection = selection | dg.AssetSelection.checks_for_assets(*keys)
+        else:
+            selection = selection.without_checks()
         tags = {"fp/launched_by": "feature-platform"}
         if start and end and start != end:
             tags.update({"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from feature_platform.defs.landing import day_profiles, ingest_landing
 from feature_platform.defs.resources import FeatureStoreResource
 from feature_platform.offline.batch import feature_timestamp, materialize_partition
+from feature_platform.offline.store import read_parquet_metadata
 from feature_platform.registry.model import BatchFeatureView, FeatureService, Registry, Source
 
 DEFAULT_PARTITION_START = "2025-01-01"
@@ -270,7 +271,14 @@ def build_online_asset(registry: Registry, view: BatchFeatureView) -> dg.AssetsD
             raise dg.Failure(description=(f"{view.name} v{view.version} has no materialized partition to push; "
                                           f"materialize {view_key(view).to_user_string()} first"))
         day = days[-1]
-        table = pq.read_table(store.offline.view_partition_path(view, day))
+        path = store.offline.view_partition_path(view, day)
+        stored = read_parquet_metadata(path)
+        if stored.get("fp.fingerprint") != view.fingerprint() or stored.get("fp.version") != str(view.version):
+            raise dg.Failure(description=(
+                f"{path} was written by {view.name} v{stored.get('fp.version')} fingerprint "
+                f"{stored.get('fp.fingerprint')}, not the registered v{view.version} {view.fingerprint()}: "
+                f"refusing to push it online; re-materialize {view_key(view).to_user_string()} for {day}"))
+        table = pq.read_table(path)
         table = table.replace_schema_metadata(None)
         started = time.perf_counter()
         report = store.online.push_batch_rows(view, table, now=fp.now())
