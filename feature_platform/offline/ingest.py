@@ -134,8 +134,12 @@ def _time_expr(col: str, arrow_t: pa.DataType) -> str:
 
 
 def validate_events(source: Source, table: pa.Table, now: datetime | None = None,
-                    default_ingested_at: str = "now", row_offset: int = 0) -> Validated:
+                    default_ingested_at: str = "now", row_offset: int = 0,
+                    con: duckdb.DuckDBPyConnection | None = None) -> Validated:
     """Split a batch into typed, flagged events and rejected rows with a reason each.
+
+    `con`: a DuckDB connection or cursor to use (and close) instead of a new one; the stream worker
+    passes a cursor of a long-lived connection, since opening a connection costs ~30 ms per batch.
 
     `ingested_at` is kept where the input has it; where it is missing it is `now` (live
     ingest) or, with default_ingested_at="event_time", the event time (historical import,
@@ -150,7 +154,7 @@ def validate_events(source: Source, table: pa.Table, now: datetime | None = None
             f"it has {table.column_names}. Expected columns: {[*types, EVENT_TIME, '(ingested_at)']}")
     now = now or datetime.now(timezone.utc)
     now_lit = f"TIMESTAMPTZ '{now.astimezone(timezone.utc).isoformat()}'"
-    con = connect()
+    con = con if con is not None else connect()
     rows = pa.array(range(row_offset, row_offset + table.num_rows), pa.int64())
     con.register("raw", table.append_column("__row", rows))
     schema = {f.name: f.type for f in table.schema}

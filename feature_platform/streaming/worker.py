@@ -40,6 +40,7 @@ import redis
 from feature_platform.config import Settings
 from feature_platform.offline.ingest import validate_events
 from feature_platform.offline.store import TS, OfflineStore
+from feature_platform.offline.store import connect as connect_duckdb
 from feature_platform.registry.model import EVENT_ID, EVENT_TIME, INGESTED_AT, Registry, StreamFeatureView
 from feature_platform.streaming.archive import StreamArchive
 from feature_platform.streaming.connection import connect
@@ -167,6 +168,7 @@ class StreamWorker:
         self.offline = OfflineStore(settings, registry)
         self.archive = StreamArchive(self.offline, self.src.name)
         self.report = WorkerReport()
+        self._duck = connect_duckdb()  # long-lived: a new DuckDB connection costs ~30 ms, a cursor ~0.2 ms
         self.stop_event = threading.Event()
         self.on_heartbeat = on_heartbeat
         views = [v for v in registry.views_of_source(self.src.name) if isinstance(v, StreamFeatureView)]
@@ -339,7 +341,7 @@ class StreamWorker:
     def _process(self, entries: list) -> None:
         """Validate, dead-letter, claim, apply one batch; retried as a whole on Redis errors."""
         table, ids, fields = self._table(entries)
-        validated = validate_events(self.src, table)
+        validated = validate_events(self.src, table, con=self._duck.cursor())
         rejected_rows = validated.rejected.column("row_number").to_pylist() if validated.rejected.num_rows else []
         self.report.messages += len(ids)
         self.report.batches += 1
