@@ -55,5 +55,8 @@ def build_parts(registry: Registry) -> Parts:
 
 def build_definitions(registry: Registry | None = None, resource: FeatureStoreResource | None = None) -> dg.Definitions:
     p = build_parts(registry or load_registry())
+    # In-process: our steps are short DuckDB/Redis calls; a subprocess per step (the default
+    # multiprocess executor) costs more than the work on a 2-core machine.
     return dg.Definitions(assets=p.assets, asset_checks=p.checks, sensors=p.sensors, schedules=p.schedules,
-                          jobs=p.jobs, resources={"fp": resource or resource_from_env()})
+                          jobs=p.jobs, resources={"fp": resource or resource_from_env()},
+                          executor=dg.in_process_executor)
