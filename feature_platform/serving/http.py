@@ -388,10 +388,10 @@ def _observe_ages(refs, rows, service: str, metrics: ServingMetrics) -> None:
     for r in refs:
         by_view.setdefault((r.view, r.version), []).append(r.column)
     for (view, version), cols in by_view.items():
-        ages = np.array([row[c].age_seconds for row in rows for c in cols], dtype=np.float64)
-        nulls = np.isnan(ages)
-        n_null = int(nulls.sum())
+        ages = [row[c].age_seconds for row in rows for c in cols]
+        present = [a for a in ages if a is not None and a == a]  # drop None and NaN
+        n_null = len(ages) - len(present)
         if n_null:
             metrics.missing.labels(view, str(version)).inc(n_null)
-        metrics.ages.observe_many(view, version, ages[~nulls])
+        metrics.ages.observe_many(view, version, present)
     metrics.rows.labels(service or "-").inc(len(rows))

@@ -11,6 +11,7 @@ per-call `observe`, so ages are bucketed with numpy and added to counters under 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from typing import Iterable
 
 import numpy as np
@@ -30,17 +31,26 @@ class FeatureAgeCollector(Collector):
 
     def __init__(self, buckets: Iterable[float] = AGE_BUCKETS) -> None:
         self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._bounds_list = [float(b) for b in self.bounds]
         self._lock = threading.Lock()
         # (view, version) -> [bucket counts (len(bounds) + 1, last is +Inf only), sum]
         self._data: dict[tuple[str, str], list] = {}
 
-    def observe_many(self, view: str, version: int, ages: np.ndarray) -> None:
-        if ages.size == 0:
+    def observe_many(self, view: str, version: int, ages: "np.ndarray | list[float]") -> None:
+        """Add many ages at once (None/NaN must be filtered out by the caller)."""
+        n = len(ages)
+        if n == 0:
             return
         # Prometheus buckets are "le": an age equal to a bound falls into that bound's bucket.
-        idx = np.searchsorted(self.bounds, ages, side="left")
-        counts = np.bincount(idx, minlength=self.bounds.size + 1)
-        total = float(ages.sum())
+        if n < 64:  # numpy's per-call overhead dominates for a single-entity request
+            counts = np.zeros(self.bounds.size + 1, dtype=np.int64)
+            for a in ages:
+                counts[bisect_left(self._bounds_list, a)] += 1
+            total = float(sum(ages))
+        else:
+            arr = np.asarray(ages, dtype=np.float64)
+            counts = np.bincount(np.searchsorted(self.bounds, arr, side="left"), minlength=self.bounds.size + 1)
+            total = float(arr.sum())
         key = (view, str(version))
         with self._lock:
             entry = self._data.get(key)
