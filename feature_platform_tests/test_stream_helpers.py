@@ -5,6 +5,7 @@ stream entries themselves (feature_platform_tests/reference.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -97,6 +98,8 @@ def stream_events(settings: Settings, source: str = "transactions", url: str | N
     r = redis.Redis.from_url(url or settings.redis_url, decode_responses=True)
     out = []
     for entry_id, f in r.xrange(f"{settings.key_prefix}:stream:{source}"):
+        if "event" in f:  # the JSON entry format
+            f = json.loads(f["event"])
         if f["event_id"].startswith(BAD_PREFIX):
             continue
         it = int(entry_id.split("-")[0]) * 1000

@@ -4,6 +4,7 @@ t = as_of over the archived events, and both equal a brute-force computation ove
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -28,7 +29,10 @@ from feature_platform_tests.test_stream_helpers import (
 
 def test_stream_online_equals_offline_equals_brute_force(settings, registry):
     log = random_log(seed=7, n=3000)
-    produce(settings, registry, "transactions", log.table, chunk=500)
+    # half the entries one field per column, half as one JSON field: the two documented formats
+    half = log.table.num_rows // 2
+    produce(settings, registry, "transactions", log.table.slice(0, half), chunk=500, format="fields")
+    produce(settings, registry, "transactions", log.table.slice(half), chunk=500, format="json")
     proc = run_worker_until_idle(settings, "--batch", "400")
     assert proc.returncode == 0, proc.stderr
 
@@ -69,8 +73,10 @@ def test_stream_online_equals_offline_equals_brute_force(settings, registry):
     # dead letters: the invalid entries, each once, with a reason and the original payload
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     dead = r.xrange(f"{settings.key_prefix}:stream:transactions:deadletter")
-    assert sorted(d[1]["payload"].split('"event_id": "')[1].split('"')[0] for d in dead) == \
-        sorted(f"{BAD_PREFIX}{i}" for i in (1, 2, 3))
+    payloads = [json.loads(d[1]["payload"]) for d in dead]
+    payloads = [json.loads(p["event"]) if "event" in p else p for p in payloads]
+    assert sorted(p["event_id"] for p in payloads) == sorted(f"{BAD_PREFIX}{i}" for i in (1, 2, 3))
+    assert {"user_id": "abc", "merchant_id": "1"}.items() <= next(p for p in payloads if p["event_id"] == f"{BAD_PREFIX}1").items()
     reasons = " | ".join(d[1]["reason"] for d in dead)
     assert "user_id: abc is not a valid int64" in reasons and "yesterday is not a timestamp" in reasons
     assert "missing merchant_id" in reasons
@@ -98,3 +104,29 @@ def test_replaying_the_whole_stream_changes_nothing(settings, registry):
     after = read_stream_metrics(settings, registry, "transactions")
     assert (after.events, after.too_late, after.duplicates, after.dead_letter) == \
         (totals_before.events, totals_before.too_late, totals_before.duplicates, totals_before.dead_letter)
+
+
+def test_json_entries_with_numbers_and_malformed_ones(settings, registry):
+    """Third-party JSON producers: numbers instead of strings are accepted, a malformed entry is
+    dead-lettered with its reason and the valid entries of the same batch are kept."""
+    from feature_platform.streaming.worker import StreamWorker, WorkerConfig
+
+    r = redis.Redis.from_url(settings.redis_url)
+    stream = f"{settings.key_prefix}:stream:transactions"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    r.xadd(stream, {"event": json.dumps({"event_id": "n1", "user_id": 5, "merchant_id": 2, "amount": 3.5,
+                                         "country": "DE", "event_time": now, "schema_version": 1})})
+    r.xadd(stream, {"event": '{"event_id": "broken", "user_id": '})
+    r.xadd(stream, {"event": "[1, 2]"})
+    r.xadd(stream, {"event_id": "f1", "user_id": "5", "merchant_id": "2", "amount": "1.5", "event_time": now})
+    r.xadd(stream, {"event": json.dumps({"event_id": "v9", "user_id": "5", "merchant_id": "2",
+                                         "event_time": now, "schema_version": "9"})})
+    rep = StreamWorker(settings, registry, WorkerConfig(consumer="t", stop_when_idle=True)).run()
+    assert (rep.messages, rep.applied, rep.rejected) == (5, 2, 3)
+    online = OnlineStore.from_settings(settings, registry)
+    res = online.read([registry.resolve(["user_txn_stats:v1:amount_sum_1h"])[0]], {"user_id": [5]})
+    assert res.rows[0]["user_txn_stats__amount_sum_1h"].value == 5.0
+    dead = r.xrange(f"{stream}:deadletter")
+    reasons = sorted(d[1][b"reason"].decode() for d in dead)
+    assert reasons[0].startswith("entry is not valid JSON") and "not a JSON object" in reasons[1]
+    assert "unknown schema_version 9" in reasons[2]

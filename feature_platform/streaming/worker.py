@@ -20,9 +20,11 @@ backoff, re-creating the consumer group if the server came back empty.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -35,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import redis
 
 from feature_platform.config import Settings
@@ -112,6 +115,15 @@ return 0
 """
 
 
+_END = object()
+
+
+@dataclass
+class _Prepared:
+    ids: list[str]          # every entry of the batch (acknowledged after the flush)
+    winners: pa.Table       # first deliveries, to apply and archive
+
+
 class LeaseHeld(RuntimeError):
     """Another worker holds this source's exclusive lease."""
 
@@ -135,6 +147,7 @@ class WorkerConfig:
     lease_ttl_ms: int = 15_000
     stop_when_idle: bool = False     # exit once the group has no lag and nothing pending (tests, catch-up runs)
     max_seconds: float | None = None
+    pipelined: bool = True           # read/validate/claim the next batch while this one is applied
 
 
 @dataclass
@@ -221,15 +234,15 @@ class StreamWorker:
                                 f"one per source when run exclusively (Dagster). Stop it or wait "
                                 f"{self.cfg.lease_ttl_ms / 1000:.0f}s for its lease to lapse.")
             self._recover_own_pending()
-            while not self.stop_event.is_set():
-                if self.cfg.max_seconds is not None and time.monotonic() - started > self.cfg.max_seconds:
-                    break
-                got = self._step()
-                if self._should_flush(idle=got == 0):
-                    self._flush()
-                self._beat()
-                if got == 0 and self.cfg.stop_when_idle and self._caught_up():
-                    break
+            if self.cfg.pipelined:
+                self._run_pipelined(started)
+            else:
+                while not self.stop_event.is_set() and not self._timed_out(started):
+                    entries = self._read()
+                    if entries:
+                        self._commit(self._prepare(entries))
+                    if self._after_batch(idle=not entries):
+                        break
         except _Stop:
             pass
         finally:
@@ -298,7 +311,8 @@ class StreamWorker:
             if self._should_flush(idle=False):
                 self._flush()
 
-    def _step(self) -> int:
+    def _read(self) -> list:
+        """The next entries: stale ones of dead consumers (XAUTOCLAIM, every claim_every s), else new ones."""
         now = time.monotonic()
         if now - self._last_claim >= self.cfg.claim_every:
             self._last_claim = now
@@ -309,14 +323,73 @@ class StreamWorker:
             entries = [e for e in claimed[1] if e[1]]
             if entries:
                 log.info("claimed %d stale entries of other consumers", len(entries))
-                self._process(entries)
-                return len(entries)
+                return entries
         resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer, {self.keys.stream: ">"},
                                                      count=self.cfg.batch, block=self.cfg.block_ms))
-        entries = resp[0][1] if resp else []
-        if entries:
-            self._process(entries)
-        return len(entries)
+        return resp[0][1] if resp else []
+
+    def _timed_out(self, started: float) -> bool:
+        return self.cfg.max_seconds is not None and time.monotonic() - started > self.cfg.max_seconds
+
+    def _after_batch(self, idle: bool) -> bool:
+        """Flush when due, beat; True when the worker should stop because it has caught up."""
+        if self._should_flush(idle=idle):
+            self._flush()
+        self._beat()
+        return idle and self.cfg.stop_when_idle and self._caught_up()
+
+    def _run_pipelined(self, started: float) -> None:
+        """Two stages: a reader thread reads, validates and claims batch k+1 while this thread applies
+        batch k to the online store (mostly waiting on Redis) and archives/acknowledges."""
+        q: queue.Queue = queue.Queue()
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                while not done.is_set():
+                    while q.qsize() >= 2 and not done.is_set():
+                        time.sleep(0.001)  # back-pressure: at most two prepared batches ahead
+                    if done.is_set():
+                        break
+                    entries = self._read()
+                    q.put(self._prepare(entries) if entries else None)
+            except _Stop:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                failure.append(exc)
+            finally:
+                q.put(_END)
+
+        t = threading.Thread(target=reader, name=f"fp-stream-reader-{self.src.name}", daemon=True)
+        t.start()
+        try:
+            while True:
+                if self.stop_event.is_set() or self._timed_out(started):
+                    break
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    self._beat()
+                    continue
+                if item is _END:
+                    break
+                if item is not None:
+                    self._commit(item)
+                if self._after_batch(idle=item is None):
+                    break
+        finally:
+            done.set()
+            # apply what the reader already prepared (its entries are read and claimed): nothing is left half-done
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                if item is not None:
+                    self._commit(item)
+            t.join()
+        if failure:
+            raise failure[0]
 
     def _caught_up(self) -> bool:
         if self._buf_ids:
@@ -327,33 +400,80 @@ class StreamWorker:
         return False
 
     # ---- one batch ---------------------------------------------------------------------------
-    def _table(self, entries: list) -> tuple[pa.Table, list[str], list[dict]]:
+    def _table(self, entries: list) -> tuple[pa.Table, list[str], list[dict], list[int], list[tuple[int, str]]]:
+        """Entries -> (string table of the parseable ones, ids, raw fields, their row -> entry index, unparseable).
+
+        Both documented formats become one JSON line per entry (the `event` field as is, or the
+        per-column fields serialised), parsed by Arrow's JSON reader in one call; a batch it refuses
+        (a value that is not a string, a malformed object) is parsed entry by entry instead.
+        """
         ids = [_s(e[0]) for e in entries]
         fields = [e[1] for e in entries]
-        cols = list(self.src.column_types()) + [EVENT_TIME]
-        if any(_has(f, "schema_version") for f in fields):
-            cols.append("schema_version")
-        data = {c: pa.array([_get(f, c) for f in fields], pa.string()) for c in cols}
-        ms = np.fromiter((int(i.split("-", 1)[0]) for i in ids), dtype=np.int64, count=len(ids))
-        data[INGESTED_AT] = pa.array(ms * 1000, pa.int64()).cast(TS)
-        return pa.table(data), ids, fields
+        lines = []
+        for f in fields:
+            ev = f.get(b"event", f.get("event"))
+            if ev is None:
+                lines.append(json.dumps({_s(k): _s(v) for k, v in f.items()}).encode())
+            else:
+                lines.append(ev if isinstance(ev, bytes) else ev.encode())
+        cols = list(self.src.column_types()) + [EVENT_TIME, "schema_version"]
+        schema = pa.schema([(c, pa.string()) for c in cols])
+        good = list(range(len(ids)))
+        bad: list[tuple[int, str]] = []
+        try:
+            if any(b"\n" in ln for ln in lines):
+                raise pa.ArrowInvalid("newline inside an entry")
+            table = pajson.read_json(io.BytesIO(b"\n".join(lines)),
+                                     read_options=pajson.ReadOptions(use_threads=False, block_size=1 << 26),
+                                     parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                       unexpected_field_behavior="ignore"))
+            if table.num_rows != len(ids):
+                raise pa.ArrowInvalid("row count mismatch")
+        except pa.ArrowInvalid:
+            rows, good = [], []
+            for i, ln in enumerate(lines):
+                try:
+                    obj = json.loads(ln)
+                except ValueError as exc:
+                    bad.append((i, f"entry is not valid JSON: {exc}"))
+                    continue
+                if not isinstance(obj, dict):
+                    bad.append((i, "entry's event is not a JSON object"))
+                    continue
+                rows.append({c: _text(obj.get(c)) for c in cols})
+                good.append(i)
+            table = pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in cols})
+        if table.column("schema_version").null_count == table.num_rows:
+            table = table.drop_columns(["schema_version"])
+        ms = np.fromiter((int(ids[i].split("-", 1)[0]) for i in good), dtype=np.int64, count=len(good))
+        table = table.append_column(INGESTED_AT, pa.array(ms * 1000, pa.int64()).cast(TS))
+        return table, ids, fields, good, bad
 
     def _process(self, entries: list) -> None:
-        """Validate, dead-letter, claim, apply one batch; retried as a whole on Redis errors."""
-        table, ids, fields = self._table(entries)
+        self._commit(self._prepare(entries))
+
+    def _prepare(self, entries: list) -> "_Prepared":
+        """Validate, dead-letter and claim one batch (each step idempotent, retried on Redis errors)."""
+        table, ids, fields, good, bad = self._table(entries)
         validated = validate_events(self.src, table, con=self._duck.cursor())
-        rejected_rows = validated.rejected.column("row_number").to_pylist() if validated.rejected.num_rows else []
         self.report.messages += len(ids)
         self.report.batches += 1
-        if rejected_rows:
-            reasons = validated.rejected.column("reason").to_pylist()
-            args: list[Any] = [len(rejected_rows)]
-            for row, reason in zip(rejected_rows, reasons):
-                payload = json.dumps({_s(k): _s(v) for k, v in fields[row].items()}, sort_keys=True)
-                args += [ids[row], reason, payload]
+        rejected_rows = validated.rejected.column("row_number").to_pylist() if validated.rejected.num_rows else []
+        dead = bad + list(zip((good[r] for r in rejected_rows),
+                              validated.rejected.column("reason").to_pylist() if rejected_rows else []))
+        if dead:
+            args: list[Any] = [len(dead)]
+            for i, reason in dead:
+                payload = json.dumps({_s(k): _s(v) for k, v in fields[i].items()}, sort_keys=True)
+                args += [ids[i], reason, payload]
             self._retry(lambda: self._deadletter(keys=[self.keys.deadletter, self.keys.deadletter_seen,
                                                        self.keys.totals], args=args))
-            self.report.rejected += len(rejected_rows)
+            self.report.rejected += len(dead)
+        if rejected_rows:
+            rejected = set(rejected_rows)
+            acc_ids = [ids[g] for r, g in enumerate(good) if r not in rejected]
+        else:
+            acc_ids = [ids[g] for g in good]
         accepted = validated.accepted
         if rejected_rows:
             keep = np.ones(len(ids), dtype=bool)
@@ -368,9 +488,14 @@ class StreamWorker:
             self._crash_point("after_claims")
             winners = accepted.filter(pa.array(mask, pa.bool_()))
             self.report.winners += winners.num_rows
-            if winners.num_rows:
-                self._retry(lambda: self.online.apply_events(self.src.name, winners))
-                self.report.applied += winners.num_rows
+        return _Prepared(ids, winners)
+
+    def _commit(self, prep: "_Prepared") -> None:
+        """Apply the winners online, then buffer them for the archive; the entries are acked at the flush."""
+        winners, ids = prep.winners, prep.ids
+        if winners.num_rows:
+            self._retry(lambda: self.online.apply_events(self.src.name, winners))
+            self.report.applied += winners.num_rows
             self._crash_point("after_apply")
         now_ms = time.time() * 1000 + self._clock_offset_ms
         ms = np.fromiter((int(i.split("-", 1)[0]) for i in ids), dtype=np.int64, count=len(ids))
@@ -493,15 +618,15 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _get(fields: dict, name: str) -> Any:
-    v = fields.get(name)
-    if v is None:
-        v = fields.get(name.encode())
-    return v
-
-
-def _has(fields: dict, name: str) -> bool:
-    return name in fields or name.encode() in fields
+def _text(v: Any) -> str | None:
+    """A JSON value as the text validation expects (numbers in their JSON spelling)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return json.dumps(v)
+    return json.dumps(v)
 
 
 def _day(day_index: int) -> str:
