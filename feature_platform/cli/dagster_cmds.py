@@ -276,7 +276,20 @@ def demo(days: int, events: int, users: int, seed: int) -> None:
     click.echo(f"demo finished in {time.perf_counter() - started:.0f}s" + (f" with {len(failures)} failure(s)" if failures else ""))
     click.echo(f"open the Dagster UI on these runs:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev  "
                f"(then http://127.0.0.1:3000)")
-    click.echo("read features:  feature-platform online get --service fraud_detection --entity user_id=1 --entity merchant_id=1")
+    for v in views:
+        days_done = fs.offline.view_dates(v)
+        if days_done:
+            import pyarrow.parquet as pq
+
+            key = v.entity.join_key
+            first = pq.read_table(fs.offline.view_partition_path(v, days_done[-1]), columns=[key]).column(key)
+            if len(first):
+                refs = " ".join(f"--feature {v.name}:v{v.version}:{f}" for f in v.feature_names)
+                click.echo(f"read batch features online:  feature-platform online get {refs} --entity {key}={first[0].as_py()}")
+    streams = sorted({v.source.name for v in registry.views if v.kind == "stream"})
+    if streams:
+        click.echo(f"stream views go live with the stream worker: feature-platform stream run (sources: {', '.join(streams)}); "
+                   f"then `online get --service ...` serves every feature")
     click.echo("health:  feature-platform status")
     if failures:
         sys.exit(1)
