@@ -362,3 +362,23 @@ def test_redis_down_gives_503_and_the_server_recovers_without_restart(private_se
         assert_rows_match(r.json(), world, fs, refs, entities)
         m = _samples(httpx.get(f"{s.url}/metrics").text)
         assert m[("fp_http_errors_total", (("kind", "redis_unavailable"),))] == 3
+
+
+def test_a_read_waiting_on_redis_does_not_block_other_requests(private_settings, private_redis, registry):
+    """CLIENT PAUSE (on the private server only) holds every Redis reply: feature reads wait, but the
+    event loop is free, so endpoints that do not need Redis still answer in the meantime."""
+    import redis
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs = FeatureStore(private_settings, registry)
+    world = load_world(fs, seed=3)
+    body = {"service": "fraud_detection", "entities": {"user_id": [42], "merchant_id": [7]},
+            "as_of": world.as_of.isoformat()}
+    with ServerThread(fs) as s, ThreadPoolExecutor(4) as pool:
+        assert post(s, body).status_code == 200
+        redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        reads = [pool.submit(post, s, body) for _ in range(3)]
+        reg = httpx.get(f"{s.url}/v1/registry", timeout=30)
+        assert reg.status_code == 200
+        assert not any(f.done() for f in reads), "the reads should still be waiting for the paused Redis"
+        assert [f.result().status_code for f in reads] == [200, 200, 200]
