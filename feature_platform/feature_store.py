@@ -77,6 +77,45 @@ class FeatureStore:
 
         return ingest_file(self.offline, source, Path(path))
 
+    def bootstrap_stream_views(self, source: str, now: datetime | None = None,
+                               chunk_rows: int = 250_000) -> dict[str, int]:
+        """Fill the online tiles of every stream view of `source` from the offline store.
+
+        Needed whenever tiles are missing although the events are known: a fresh deployment on
+        historical data, a flushed Redis, or a new view version rolled out next to the old one.
+        Only events young enough to sit in some window are read; the online store's dedupe makes
+        a repeated bootstrap (or an overlap with the stream worker) count every event once.
+        """
+        from datetime import timezone
+
+        from feature_platform.offline.store import connect
+        from feature_platform.registry.model import StreamFeatureView
+
+        views = [v for v in self.registry.views_of_source(source) if isinstance(v, StreamFeatureView)]
+        totals = {"events": 0, "applied": 0, "duplicates": 0, "too_late": 0}
+        if not views:
+            return totals
+        now = now or datetime.now(timezone.utc)
+        now_us = int(now.timestamp() * 1_000_000)
+        since_us = now_us - max(v.max_retention_us for v in views)
+        since = datetime.fromtimestamp(since_us / 1e6, tz=timezone.utc)
+        dates = [d for d in self.offline.event_dates(source) if d >= since.date()]
+        con = connect()
+        try:
+            reader = con.sql(f"""
+                SELECT * FROM {self.offline.events_sql(source, dates=dates)}
+                WHERE event_time >= make_timestamptz({since_us}) AND ingested_at <= make_timestamptz({now_us})
+                ORDER BY ingested_at, event_id""").to_arrow_reader(batch_size=chunk_rows)
+            for batch in reader:
+                report = self.online.apply_events(source, pa.Table.from_batches([batch]), now=now)
+                totals["events"] += report.events
+                totals["applied"] += report.applied
+                totals["duplicates"] += report.duplicates
+                totals["too_late"] += report.too_late
+        finally:
+            con.close()
+        return totals
+
     def materialize_batch(self, view: str, day: date, version: int | None = None):
         from feature_platform.offline.batch import materialize_partition
 

@@ -120,4 +120,27 @@ def training_set(labels_path: Path, service: str | None, features: tuple[str, ..
                f"in {time.perf_counter() - started:.1f}s")
 
 
-commands = [ingest, demo_data, training_set]
+@click.command("bootstrap-online")
+@click.argument("source")
+def bootstrap_online(source: str) -> None:
+    """Load the online tiles of SOURCE's stream views from the offline store.
+
+    Use it after deploying on historical data, after a Redis flush, or when a new version of a
+    stream view goes live beside the old one (the worker only feeds it new events). Safe to
+    repeat, and safe while the stream worker runs: every event counts once.
+    """
+    import time
+
+    fs = _store()
+    try:
+        fs.registry.source(source)
+    except RegistryError as exc:
+        raise click.UsageError(str(exc)) from exc
+    started = time.perf_counter()
+    t = fs.bootstrap_stream_views(source)
+    click.echo(f"{source}: {t['events']:,} events read, {t['applied']:,} applied to the tiles, "
+               f"{t['duplicates']:,} already there, {t['too_late']:,} too late (skipped) "
+               f"in {time.perf_counter() - started:.1f}s")
+
+
+commands = [ingest, demo_data, training_set, bootstrap_online]
