@@ -12,9 +12,8 @@ import json
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from itertools import repeat
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -23,7 +22,7 @@ import redis
 
 from feature_platform.config import Settings
 from feature_platform.offline.store import event_schema, view_schema
-from feature_platform.online import lua
+from feature_platform.online import lua, resp
 from feature_platform.online.connection import Capabilities, capabilities, connect_redis
 from feature_platform.online.errors import (
     BadRequestError,
@@ -60,7 +59,7 @@ from feature_platform.registry.model import (
 from feature_platform.types import FeatureValue, OnlineFeatures
 
 _META_CACHE_SECONDS = 10.0
-_PUSH_CHUNK = 10_000
+_PUSH_CHUNK = 50_000
 _APPLY_CHUNK = 5_000
 
 
@@ -94,7 +93,12 @@ class _ViewPlan:
     refs: tuple[FeatureRef, ...]
     key_prefix: str
     fields: tuple[str, ...]
-    decode: Any  # callable(values: list[bytes | None]) -> list[FeatureValue], one per ref
+    decode: Any  # callable(values: list[bytes | None], t_us: int) -> list[FeatureValue], one per ref
+    packed_fields: bytes = b""   # the HMGET field list in RESP, packed once and reused for every entity
+
+    def hmget(self, entity_text: str) -> bytes:
+        key = (self.key_prefix + entity_text).encode()
+        return b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n" % (2 + len(self.fields), len(key), key) + self.packed_fields
 
 
 class OnlineStore:
@@ -110,6 +114,8 @@ class OnlineStore:
         self._apply = client.register_script(lua.APPLY_EVENTS)
         self._push_older = client.register_script(lua.PUSH_OLDER)
         self._live: dict[tuple[str, int], float] = {}   # positive meta cache: (view, version) -> checked at
+        self._static: dict[tuple, tuple[FeatureView, tuple[int, ...]]] = {}  # per (view, version, features)
+        self._plans: dict[tuple, _ViewPlan] = {}          # per (view, version, features, tiles/candidates)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Registry, *, force_fallback: bool = False) -> "OnlineStore":
@@ -213,7 +219,7 @@ class OnlineStore:
         return PushReport(view.name, view.version, n_in, written, skipped, seconds,
                           (n_in / seconds) if seconds > 0 else 0.0, from_us(newest) if newest is not None else None)
 
-    def _encoded_columns(self, view: BatchFeatureView, part: pa.Table) -> list[list[str]]:
+    def _encoded_columns(self, view: BatchFeatureView, part: pa.Table) -> list[pa.Array]:
         """Every feature column as stored text, vectorised: null -> '', strings '=' + s, bools '1'/'0'."""
         out = []
         for f in view.features:
@@ -224,39 +230,42 @@ class OnlineStore:
                 text = pc.if_else(col, "1", "0")
             else:
                 text = pc.cast(col, pa.string())
-            out.append(pc.fill_null(text, "").to_pylist())
+            text = pc.fill_null(text, "")
+            out.append(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text)
         return out
 
-    def _keys(self, view: FeatureView, values: pa.ChunkedArray) -> list[str]:
+    def _key_column(self, view: FeatureView, values: pa.ChunkedArray | pa.Array) -> pa.Array:
         prefix = view_key_prefix(self.prefix, view.name, view.version)
-        return pc.binary_join_element_wise(prefix, pc.cast(values, pa.string()), "").to_pylist()
+        keys = pc.binary_join_element_wise(prefix, pc.cast(values, pa.string()), "")
+        return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
     def _push_newest(self, view: BatchFeatureView, layout: BatchLayout, part: pa.Table, ft: int) -> int:
+        """HSET + PEXPIREAT per row, packed for a whole chunk by Arrow and sent as one write.
+
+        Plain PEXPIREAT is safe here: this is the newest feature_timestamp ever pushed for the view,
+        so no key can hold a later expiry.
+        """
         slot = layout.slot(ft)
-        keys = self._keys(view, part.column(view.entity.join_key))
+        keys = self._key_column(view, part.column(view.entity.join_key))
         cols = self._encoded_columns(view, part)
-        ft_field, ft_s = f"{slot}:ft", str(ft // 1_000_000)
-        exp_ms = (ft + view.ttl_us) // 1000
-        # Interleave (field, value) per row with zip/repeat: C-level iteration, one HSET + PEXPIREAT per row.
-        per_feature = []
-        for f, col in zip(view.features, cols):
-            per_feature += [repeat(f"{slot}:{f.name}"), col]
-        for i in range(0, len(keys), _PUSH_CHUNK):
-            pipe = self.client.pipeline(transaction=False)
-            hset_args = zip(repeat("HSET"), keys[i:i + _PUSH_CHUNK], repeat(ft_field), repeat(ft_s),
-                            *[x if isinstance(x, repeat) else x[i:i + _PUSH_CHUNK] for x in per_feature])
-            # Plain PEXPIREAT is safe here: this is the newest feature_timestamp ever pushed for the view,
-            # so no key can hold a later expiry.
-            for args, key in zip(hset_args, keys[i:i + _PUSH_CHUNK]):
-                pipe.execute_command(*args)
-                pipe.execute_command("PEXPIREAT", key, exp_ms)
-            pipe.execute()
-        return len(keys)
+        ft_const = (resp.bulk(f"{slot}:ft") + resp.bulk(str(ft // 1_000_000))).decode()
+        hset_head = f"*{4 + 2 * len(cols)}\r\n$4\r\nHSET\r\n"
+        names = [resp.bulk(f"{slot}:{f.name}").decode() for f in view.features]
+        exp_tail = resp.bulk(str((ft + view.ttl_us) // 1000)).decode()
+        n = len(keys)
+        for i in range(0, n, _PUSH_CHUNK):
+            k = resp.bulk_column(keys.slice(i, _PUSH_CHUNK))
+            parts: list[Any] = [hset_head, k, ft_const]
+            for name, col in zip(names, cols):
+                parts += [name, resp.bulk_column(col.slice(i, _PUSH_CHUNK))]
+            parts += ["*3\r\n$9\r\nPEXPIREAT\r\n", k, exp_tail]
+            resp.execute_counted(self.client, resp.concat(parts), 2 * min(_PUSH_CHUNK, n - i))
+        return n
 
     def _push_older_rows(self, view: BatchFeatureView, layout: BatchLayout, part: pa.Table, ft: int) -> tuple[int, int]:
         slot = layout.slot(ft)
-        keys = self._keys(view, part.column(view.entity.join_key))
-        cols = self._encoded_columns(view, part)
+        keys = self._key_column(view, part.column(view.entity.join_key)).to_pylist()
+        cols = [c.to_pylist() for c in self._encoded_columns(view, part)]
         names = [f"{slot}:{f.name}" for f in view.features]
         ft_field, ft_s = f"{slot}:ft", str(ft // 1_000_000)
         exp_ms = (ft + view.ttl_us) // 1000
@@ -358,29 +367,28 @@ class OnlineStore:
 
         now = time.monotonic()
         check_meta = [p for p in plans if now - self._live.get((p.view.name, p.view.version), -1e18) > _META_CACHE_SECONDS]
-
-        def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            if check_meta:
-                pipe.execute_command("HMGET", meta_key(self.prefix),
-                                     *[meta_field(p.view.name, p.view.version) for p in check_meta])
-            for i in range(n):
-                for p in plans:
-                    pipe.execute_command("HMGET", p.key_prefix + key_values[p.view.entity.join_key][i], *p.fields)
-            return pipe.execute()
-
-        replies = self._guard(run)
+        parts: list[bytes] = []
+        if check_meta:
+            parts.append(resp.command("HMGET", meta_key(self.prefix),
+                                      *[meta_field(p.view.name, p.view.version) for p in check_meta]))
+        texts = [key_values[p.view.entity.join_key] for p in plans]
+        for i in range(n):
+            for p, tx in zip(plans, texts):
+                parts.append(p.hmget(tx[i]))
+        payload = b"".join(parts)
+        replies = self._guard(lambda: resp.execute_replies(self.client, payload, len(parts)))
         if check_meta:
             self._check_live(check_meta, replies[0])
             replies = replies[1:]
         rows: list[dict[str, FeatureValue]] = []
         it = iter(replies)
+        order = [r.column for r in refs]
         for _ in range(n):
             row: dict[str, FeatureValue] = {}
             for p in plans:
-                for ref, fv in zip(p.refs, p.decode(next(it))):
+                for ref, fv in zip(p.refs, p.decode(next(it), t_us)):
                     row[ref.column] = fv
-            rows.append({r.column: row[r.column] for r in refs})
+            rows.append({c: row[c] for c in order})
         return OnlineFeatures(as_of=as_of, service=service, rows=rows,
                               entities={k: list(v) for k, v in entities.items()})
 
@@ -406,6 +414,7 @@ class OnlineStore:
             self._live[(v.name, v.version)] = time.monotonic()
 
     def _plan(self, refs: list[FeatureRef], t_us: int) -> list[_ViewPlan]:
+        """Per view: the fields to read at t and how to decode them (cached: reads at nearby t share them)."""
         if not refs:
             raise BadRequestError("no features requested: pass a feature service or a list of 'view:vN:feature'")
         by_view: dict[tuple[str, int], list[FeatureRef]] = {}
@@ -413,20 +422,43 @@ class OnlineStore:
             by_view.setdefault((r.view, r.version), []).append(r)
         plans = []
         for (name, version), vrefs in by_view.items():
-            try:
-                view = self.registry.view(name, version)
-                for r in vrefs:
-                    if r.feature not in view.feature_names:
-                        raise RegistryError(f"view {name!r} v{version} has no feature {r.feature!r}; "
-                                            f"it has {list(view.feature_names)}")
-            except RegistryError as exc:
-                raise BadRequestError(str(exc)) from exc
-            prefix = view_key_prefix(self.prefix, name, version)
+            skey = (name, version, tuple(r.feature for r in vrefs))
+            static = self._static.get(skey)
+            if static is None:
+                static = self._static[skey] = self._resolve(name, version, vrefs)
+            view, hops = static
             if isinstance(view, BatchFeatureView):
-                plans.append(_batch_plan(view, tuple(vrefs), prefix, t_us))
+                tkey = tuple(BatchLayout(view).candidates(t_us))
             else:
-                plans.append(_stream_plan(view, tuple(vrefs), prefix, t_us))
+                tkey = tuple(t_us // h for h in hops)
+            pkey = (skey, tkey)
+            plan = self._plans.get(pkey)
+            if plan is None:
+                if len(self._plans) > 4096:
+                    self._plans.clear()
+                prefix = view_key_prefix(self.prefix, name, version)
+                if isinstance(view, BatchFeatureView):
+                    plan = _batch_plan(view, tuple(vrefs), prefix, t_us)
+                else:
+                    plan = _stream_plan(view, tuple(vrefs), prefix, t_us)
+                plan = replace(plan, packed_fields=b"".join(resp.bulk(f) for f in plan.fields))
+                self._plans[pkey] = plan
+            plans.append(plan)
         return plans
+
+    def _resolve(self, name: str, version: int, vrefs: list[FeatureRef]) -> tuple[FeatureView, tuple[int, ...]]:
+        try:
+            view = self.registry.view(name, version)
+            for r in vrefs:
+                if r.feature not in view.feature_names:
+                    raise RegistryError(f"view {name!r} v{version} has no feature {r.feature!r}; "
+                                        f"it has {list(view.feature_names)}")
+        except RegistryError as exc:
+            raise BadRequestError(str(exc)) from exc
+        hops: tuple[int, ...] = ()
+        if isinstance(view, StreamFeatureView):
+            hops = tuple(sorted({view.aggregation(r.feature).hop_us for r in vrefs}))
+        return view, hops
 
     # ---- plumbing -----------------------------------------------------------------------------------
     def _guard(self, fn):
@@ -449,15 +481,15 @@ def _batch_plan(view: BatchFeatureView, refs: tuple[FeatureRef, ...], prefix: st
         slot = layout.slot(ft)
         fields += [f"{slot}:ft"] + [f"{slot}:{f}" for f in names]
     width = 1 + len(names)
-    want = [str(ft // 1_000_000).encode() for ft in cands]
-    ages = [(t_us - ft) / 1e6 for ft in cands]
+    want = [(str(ft // 1_000_000).encode(), ft) for ft in cands]
     empty = [FeatureValue(None, None)] * len(names)
 
-    def decode(values: list[bytes | None]) -> list[FeatureValue]:
+    def decode(values: list[bytes | None], t: int) -> list[FeatureValue]:
         # Candidates are newest first; the first whose slot still holds that feature_timestamp is served.
-        for c, (ft_text, age) in enumerate(zip(want, ages)):
+        for c, (ft_text, ft) in enumerate(want):
             base = c * width
             if values[base] == ft_text:
+                age = (t - ft) / 1e6
                 return [FeatureValue(decode_batch(values[base + 1 + j], dt), age) for j, dt in enumerate(dtypes)]
         return empty
 
@@ -488,9 +520,8 @@ def _stream_plan(view: StreamFeatureView, refs: tuple[FeatureRef, ...], prefix: 
                   [("sum", a.column), ("nn", a.column)] if a.function == "mean" else
                   [(a.function, a.column)])]
         plan_aggs.append((a.function, lo, start + ntiles, comps, stream_feature_dtype(view, a.name)))
-    as_of_s = t_us / 1e6
-
-    def decode(values: list[bytes | None]) -> list[FeatureValue]:
+    def decode(values: list[bytes | None], t: int) -> list[FeatureValue]:
+        as_of_s = t / 1e6
         tiles = [json.loads(v) if v is not None else None for v in values]
         out = []
         for fn, lo, hi, comps, dtype in plan_aggs:

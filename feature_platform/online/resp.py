@@ -1,0 +1,111 @@
+"""Pipelines packed by us instead of redis-py, for the two hot paths.
+
+redis-py spends most of a big pipeline in Python: encoding and packing every argument of every
+command. The batch writer's commands differ only in key and values, so they are packed for a whole
+chunk at once with Arrow string kernels (the joined column's data buffer *is* the wire payload); a
+read's HMGET field list is packed once per plan and reused for every entity. Replies still go
+through redis-py's parser (reads) or are counted line by line (integer-only writes).
+
+Each call takes one pooled connection, writes once, reads every reply, and gives the connection
+back; on any error the connection is dropped, so a half-read reply stream is never reused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+
+
+def bulk(value: str | bytes) -> bytes:
+    """One RESP bulk string."""
+    b = value.encode() if isinstance(value, str) else value
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def command(*args: str | bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+def bulk_column(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each string of a column as a RESP bulk string, vectorised: '$<bytes>\\r\\n<value>\\r\\n'."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    lengths = pc.cast(pc.binary_length(values), pa.string())
+    return pc.binary_join_element_wise("$", lengths, "\r\n", values, "\r\n", "")
+
+
+def concat(parts: list[pa.Array | str]) -> bytes:
+    """Row-wise concatenation of string columns and constants, returned as ONE bytes payload.
+
+    The joined column's data buffer is already every row back to back, so no Python loop over rows.
+    """
+    joined = pc.binary_join_element_wise(*parts, "")
+    joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    if len(joined) == 0:
+        return b""
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset: joined.offset + len(joined) + 1]
+    return joined.buffers()[2].to_pybytes()[offsets[0]: offsets[-1]]
+
+
+def _connection(client: redis.Redis):
+    return client.connection_pool.get_connection()
+
+
+def execute_replies(client: redis.Redis, payload: bytes, n_replies: int) -> list[Any]:
+    """Send a pre-packed pipeline and parse its n replies with redis-py's parser."""
+    pool = client.connection_pool
+    conn = _connection(client)
+    try:
+        conn.send_packed_command([payload])
+        out = [conn.read_response() for _ in range(n_replies)]
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    for r in out:
+        if isinstance(r, redis.ResponseError):
+            raise r
+    return out
+
+
+def execute_counted(client: redis.Redis, payload: bytes, n_replies: int) -> None:
+    """Send a pre-packed pipeline whose replies are all one-line integers (HSET, PEXPIREAT, ...).
+
+    Replies are counted by their line ends instead of being parsed one by one; an error reply
+    ('-ERR ...') is raised.
+    """
+    pool = client.connection_pool
+    conn = _connection(client)
+    try:
+        conn.send_packed_command([payload])
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            raise redis.ConnectionError("connection closed while writing")
+        need, tail, error = n_replies, b"", None
+        while need > 0:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise redis.ConnectionError("Redis closed the connection while replying")
+            buf = tail + data
+            last = buf.rfind(b"\r\n")
+            if last < 0:
+                tail = buf
+                continue
+            done, tail = buf[: last + 2], buf[last + 2:]
+            need -= done.count(b"\r\n")
+            if error is None and (done.startswith(b"-") or b"\n-" in done):
+                start = 0 if done.startswith(b"-") else done.index(b"\n-") + 1
+                error = done[start + 1: done.index(b"\r\n", start)].decode(errors="replace")
+            if error is None and (done.startswith((b"$", b"*", b"+", b"_")) or b"\n$" in done or b"\n*" in done):
+                raise redis.ResponseError(f"unexpected non-integer reply in a counted pipeline: {done[:80]!r}")
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    if error is not None:
+        raise redis.ResponseError(error)
