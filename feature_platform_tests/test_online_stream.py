@@ -275,14 +275,14 @@ def test_apply_is_idempotent_and_counts(settings):
     ds = [Delivery(f"e{i % 3}", 1, "a", float(i), i, "t", base + i * MIN, base + i * MIN + (11 * MIN if i == 4 else 0))
           for i in range(5)]
     store = make_store(settings, "idem", force_fallback=True)
-    rep = store.apply_events("tx", events_table(ds), now=from_us(base + 20 * MIN))
+    rep = store.apply_events("tx", events_table(ds), now=from_us(base + 5 * MIN))
     # e0, e1, e2 are new; i=3 (e0) and i=4 (e1, too late) are a duplicate and a too-late one
     assert (rep.events, rep.applied, rep.duplicates, rep.too_late) == (5, 3, 1, 1)
     client = store.client
     keys = [store.key(user_view, 1), store.key(shop_view, "a")]
     before = {k: client.hgetall(k) for k in keys}
     assert all(before.values())
-    rep2 = store.apply_events("tx", events_table(ds), now=from_us(base + 20 * MIN))
+    rep2 = store.apply_events("tx", events_table(ds), now=from_us(base + 5 * MIN))
     assert (rep2.applied, rep2.duplicates, rep2.too_late) == (0, 4, 1)
     assert {k: client.hgetall(k) for k in keys} == before
 
