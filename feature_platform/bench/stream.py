@@ -58,13 +58,52 @@ def _raw_rate(r, stream: str, n: int, batch: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _delay_phase(settings, registry, r, prefix: str, batch: int, rate: float, seconds: float, seed: int) -> dict:
+    from feature_platform.streaming.metrics import read_stream_metrics
+    from feature_platform.streaming.producer import produce
+
+    consumer = f"bench-delay-{seed}"
+    env = dict(os.environ, FP_DATA_DIR=str(settings.data_dir), FP_KEY_PREFIX=prefix)
+    if settings.redis_url:
+        env["FP_REDIS_URL"] = settings.redis_url
+    proc = subprocess.Popen([sys.executable, "-m", "feature_platform.cli", "stream", "run", "--consumer",
+                             consumer, "--batch", str(batch)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out: dict = {"rate_target": rate}
+    try:
+        time.sleep(2.0)  # let it import and block on the stream
+        live = _events(int(rate * seconds), seed=seed)
+        prep = produce(settings, registry, "transactions", live, rate=rate, client=r)
+        out["produced_per_s"] = prep.rate
+        produced_at = time.monotonic()
+        out["caught_up_after_s"] = None
+        while time.monotonic() - produced_at < 60:
+            m = read_stream_metrics(settings, registry, "transactions", client=r)
+            if m.lag == 0 and m.pending == 0:
+                out["caught_up_after_s"] = time.monotonic() - produced_at
+                break
+            time.sleep(0.05)
+        time.sleep(1.2)  # one more heartbeat with every sample of the phase (window: 30 s)
+        m = read_stream_metrics(settings, registry, "transactions", client=r)
+        me = next(x for x in m.workers if x.consumer == consumer)
+        out["delay_p50_ms"] = me.delay_p50_ms
+        out["delay_p99_ms"] = me.delay_p99_ms
+        out["sustained"] = bool(prep.rate >= 0.95 * rate and out["caught_up_after_s"] is not None
+                                and out["caught_up_after_s"] < 1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return out
+
+
 @click.command("stream")
 @click.option("--events", "n", type=int, default=100_000, show_default=True, help="Events for the raw and sustained phases.")
-@click.option("--rate", type=float, default=10_000, show_default=True, help="Producer rate of the delay phase (events/s).")
+@click.option("--rate", "rates", type=float, multiple=True, default=[10_000, 5_000], show_default=True,
+              help="Producer rate(s) of the delay phase (events/s); repeat to measure several.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of the delay phase.")
 @click.option("--batch", type=int, default=1000, show_default=True)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def command(n: int, rate: float, seconds: float, batch: int, json_out: Path | None) -> None:
+def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, json_out: Path | None) -> None:
     """Stream worker throughput and produce-to-visible delay vs raw XREADGROUP+XACK."""
     from feature_platform.config import Settings
     from feature_platform.registry import load_registry
@@ -82,7 +121,7 @@ def command(n: int, rate: float, seconds: float, batch: int, json_out: Path | No
         click.echo("note: no FP_REDIS_URL, using the embedded Redis (slower than a real server)", err=True)
     registry = load_registry()
     r = connect(settings)
-    results: dict = {"events": n, "batch": batch, "rate_target": rate, "seconds": seconds}
+    results: dict = {"events": n, "batch": batch, "rates": list(rates), "seconds": seconds}
     try:
         # 1. raw XREADGROUP + XACK
         table = _events(n, seed=1)
@@ -109,38 +148,13 @@ def command(n: int, rate: float, seconds: float, batch: int, json_out: Path | No
         click.echo(f"sustained worker: {results['sustained_per_s']:,.0f} events/s ({rep.messages} in {rep.seconds:.1f}s)",
                    err=True)
 
-        # 3. delay at a fixed rate: worker in its own process, this process produces
-        env = dict(os.environ, FP_DATA_DIR=str(settings.data_dir), FP_KEY_PREFIX=prefix)
-        if settings.redis_url:
-            env["FP_REDIS_URL"] = settings.redis_url
-        proc = subprocess.Popen([sys.executable, "-m", "feature_platform.cli", "stream", "run", "--consumer",
-                                 "bench-delay", "--batch", str(batch)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(2.0)  # let it import and block on the stream
-            m_events = int(rate * seconds)
-            live = _events(m_events, seed=2)
-            prep = produce(settings, registry, "transactions", live, rate=rate, client=r)
-            results["produced_per_s"] = prep.rate
-            produced_at = time.monotonic()
-            caught_up_after = None
-            while time.monotonic() - produced_at < 60:
-                m = read_stream_metrics(settings, registry, "transactions", client=r)
-                if m.lag == 0 and m.pending == 0:
-                    caught_up_after = time.monotonic() - produced_at
-                    break
-                time.sleep(0.05)
-            results["caught_up_after_s"] = caught_up_after
-            time.sleep(1.2)  # one more heartbeat with every sample of the phase
-            m = read_stream_metrics(settings, registry, "transactions", client=r)
-            me = next(x for x in m.workers if x.consumer == "bench-delay")
-            results["delay_p50_ms"] = me.delay_p50_ms
-            results["delay_p99_ms"] = me.delay_p99_ms
-            results["sustained_rate"] = bool(prep.rate >= 0.95 * rate and caught_up_after is not None
-                                             and caught_up_after < 1.5)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        # 3. delay at fixed rates: worker in its own process, this process produces
+        results["delay"] = []
+        for i, target in enumerate(rates):
+            results["delay"].append(_delay_phase(settings, registry, r, prefix, batch, target, seconds, seed=10 + i))
+            d = results["delay"][-1]
+            click.echo(f"at {target:,.0f}/s: produced {d['produced_per_s']:,.0f}/s, delay p50 {d['delay_p50_ms']:.0f} ms, "
+                       f"p99 {d['delay_p99_ms']:.0f} ms, sustained: {d['sustained']}", err=True)
     finally:
         keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
@@ -153,11 +167,12 @@ def command(n: int, rate: float, seconds: float, batch: int, json_out: Path | No
     click.echo(f"| raw XREADGROUP+XACK, no work (batch {batch}) | {results['raw_per_s']:,.0f} events/s |")
     click.echo(f"| one worker, sustained (backlog of {n:,}) | {results['sustained_per_s']:,.0f} events/s |")
     click.echo(f"| worker / raw | {ratio:.2f}x |")
-    click.echo(f"| producer rate achieved (target {rate:,.0f}/s for {seconds:.0f}s) | {results['produced_per_s']:,.0f} events/s |")
-    click.echo(f"| produce-to-visible delay p50 | {results['delay_p50_ms']:.1f} ms |")
-    click.echo(f"| produce-to-visible delay p99 | {results['delay_p99_ms']:.1f} ms |")
-    click.echo(f"| worker caught up after the producer stopped | "
-               f"{'%.2f s' % results['caught_up_after_s'] if results['caught_up_after_s'] is not None else 'no (60 s)'} |")
-    click.echo(f"| rate sustained | {'yes' if results['sustained_rate'] else 'NO'} |")
+    for d in results["delay"]:
+        tag = f"at {d['rate_target']:,.0f}/s for {seconds:.0f} s"
+        cu = f"{d['caught_up_after_s']:.2f} s" if d["caught_up_after_s"] is not None else "no (60 s)"
+        click.echo(f"| {tag}: producer achieved | {d['produced_per_s']:,.0f} events/s |")
+        click.echo(f"| {tag}: produce-to-visible p50 / p99 | {d['delay_p50_ms']:.0f} / {d['delay_p99_ms']:.0f} ms |")
+        click.echo(f"| {tag}: caught up after the producer stopped | {cu} |")
+        click.echo(f"| {tag}: rate sustained | {'yes' if d['sustained'] else 'NO'} |")
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))

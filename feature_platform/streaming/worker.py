@@ -116,6 +116,7 @@ return 0
 
 
 _END = object()
+_TRACE = os.environ.get("FP_STREAM_TRACE")  # debugging aid: per-batch delays as JSON lines
 
 
 @dataclass
@@ -196,6 +197,10 @@ class StreamWorker:
         self._buf_ids: list[str] = []
         self._buf_events = 0
         self._last_flush = time.monotonic()
+        self._archive_q: queue.Queue | None = None
+        self._archive_lock = threading.Lock()
+        self._archive_pending = 0
+        self._failures: list[BaseException] = []
         self._delays: deque[tuple[float, np.ndarray]] = deque()
         self._applied_log: deque[tuple[float, int]] = deque()
         self._last_beat = 0.0
@@ -233,6 +238,7 @@ class StreamWorker:
                 raise LeaseHeld(f"source {self.src.name!r} already has a worker ({_s(holder)}); "
                                 f"one per source when run exclusively (Dagster). Stop it or wait "
                                 f"{self.cfg.lease_ttl_ms / 1000:.0f}s for its lease to lapse.")
+            self._warm_up()
             self._recover_own_pending()
             if self.cfg.pipelined:
                 self._run_pipelined(started)
@@ -328,6 +334,16 @@ class StreamWorker:
                                                      count=self.cfg.batch, block=self.cfg.block_ms))
         return resp[0][1] if resp else []
 
+    def _warm_up(self) -> None:
+        """Pay the one-time costs (online store connection, DuckDB query planning, Arrow's JSON reader)
+        before the first entry arrives, so the first events are not hundreds of ms late."""
+        self._retry(lambda: self.online)
+        now = datetime.now(timezone.utc)
+        line = json.dumps({"event_id": "warm-up", **{k: "0" for k in self.src.join_keys},
+                           EVENT_TIME: now.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+        table, *_ = self._table([(f"{int(now.timestamp() * 1000)}-0", {b"event": line})])
+        validate_events(self.src, table, con=self._duck.cursor())
+
     def _timed_out(self, started: float) -> bool:
         return self.cfg.max_seconds is not None and time.monotonic() - started > self.cfg.max_seconds
 
@@ -348,8 +364,8 @@ class StreamWorker:
         def reader() -> None:
             try:
                 while not done.is_set():
-                    while q.qsize() >= 2 and not done.is_set():
-                        time.sleep(0.001)  # back-pressure: at most two prepared batches ahead
+                    while q.qsize() >= 1 and not done.is_set():
+                        time.sleep(0.001)  # back-pressure: at most one prepared batch ahead
                     if done.is_set():
                         break
                     entries = self._read()
@@ -363,8 +379,11 @@ class StreamWorker:
 
         t = threading.Thread(target=reader, name=f"fp-stream-reader-{self.src.name}", daemon=True)
         t.start()
+        archiver = self._start_archiver()
         try:
             while True:
+                if self._failures:
+                    break
                 if self.stop_event.is_set() or self._timed_out(started):
                     break
                 try:
@@ -388,11 +407,14 @@ class StreamWorker:
                 if item is not None:
                     self._commit(item)
             t.join()
-        if failure:
-            raise failure[0]
+            if self._buf_ids:
+                self._flush()
+            self._stop_archiver(archiver)
+        if failure or self._failures:
+            raise (failure or self._failures)[0]
 
     def _caught_up(self) -> bool:
-        if self._buf_ids:
+        if self._buf_ids or self._archive_pending:
             return False
         for g in self._retry(lambda: self.r.xinfo_groups(self.keys.stream)):
             if _s(g["name"]) == self.keys.group:
@@ -502,6 +524,10 @@ class StreamWorker:
         wall = time.monotonic()
         self._delays.append((wall, now_ms - ms))
         self._applied_log.append((wall, len(ids)))
+        if _TRACE:
+            with open(_TRACE, "a") as fh:
+                fh.write(json.dumps({"t": time.time(), "n": len(ids), "dmax": float((now_ms - ms).max()),
+                                     "dmin": float((now_ms - ms).min())}) + "\n")
         if winners.num_rows:
             self._buf_tables.append(winners)
         self._buf_ids.extend(ids)
@@ -536,11 +562,23 @@ class StreamWorker:
                 or time.monotonic() - self._last_flush >= self.cfg.flush_interval)
 
     def _flush(self, allow_stop: bool = True) -> None:
-        ids = self._buf_ids
+        """Hand the buffer to the archiver (a thread when pipelined): archive, then XACK its entries."""
+        job = (self._buf_tables, self._buf_ids)
+        self._buf_tables, self._buf_ids, self._buf_events = [], [], 0
+        self._last_flush = time.monotonic()
+        if self._archive_q is not None:
+            with self._archive_lock:
+                self._archive_pending += 1
+            self._archive_q.put(job)
+        else:
+            self._write_and_ack(job, allow_stop)
+
+    def _write_and_ack(self, job: tuple[list[pa.Table], list[str]], allow_stop: bool = True) -> None:
+        t_flush = time.monotonic()
+        tables, ids = job
         parsed = sorted(parse_id(i) for i in ids)
-        if self._buf_tables:
-            table = pa.concat_tables(self._buf_tables)
-            rep = self.archive.write(table, parsed[0], parsed[-1])
+        if tables:
+            rep = self.archive.write(pa.concat_tables(tables), parsed[0], parsed[-1])
             self.report.archived += rep.written
             self.report.replayed += rep.replayed
             self._crash_point("after_archive")
@@ -548,9 +586,39 @@ class StreamWorker:
             chunk = ids[i:i + 10_000]
             self._retry(lambda: self.r.xack(self.keys.stream, self.keys.group, *chunk), allow_stop=allow_stop)
         self._crash_point("after_ack")
+        if _TRACE:
+            with open(_TRACE, "a") as fh:
+                fh.write(json.dumps({"t": time.time(), "flush_s": time.monotonic() - t_flush}) + "\n")
         self.report.flushes += 1
-        self._buf_tables, self._buf_ids, self._buf_events = [], [], 0
-        self._last_flush = time.monotonic()
+
+    def _start_archiver(self) -> threading.Thread:
+        """Archive writes and XACKs off the apply path: a slow Parquet write never delays online updates."""
+        self._archive_q = queue.Queue()
+
+        def archiver() -> None:
+            while True:
+                job = self._archive_q.get()
+                if job is _END:
+                    return
+                try:
+                    self._write_and_ack(job)
+                except _Stop:
+                    pass  # stopping while Redis is away: the entries stay pending and are replayed
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self._failures.append(exc)
+                    self.stop_event.set()
+                finally:
+                    with self._archive_lock:
+                        self._archive_pending -= 1
+
+        t = threading.Thread(target=archiver, name=f"fp-stream-archiver-{self.src.name}", daemon=True)
+        t.start()
+        return t
+
+    def _stop_archiver(self, t: threading.Thread) -> None:
+        self._archive_q.put(_END)
+        t.join()
+        self._archive_q = None
 
     # ---- metrics -----------------------------------------------------------------------------
     def stats(self) -> dict:
