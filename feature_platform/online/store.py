@@ -293,7 +293,11 @@ class OnlineStore:
         events = _conform(events, event_schema(src), f"events of source {source!r}")
         n_in = events.num_rows
         views = self.stream_views(source)
-        late_mask = pc.fill_null(events.column("is_too_late"), False)
+        # Trust the flag, and recompute it too: an event ingested more than allowed_lateness after it
+        # happened never counts online (SPEC §1), whoever produced the batch.
+        delay_us = pc.subtract(pc.cast(events.column("ingested_at"), pa.int64()), pc.cast(events.column("event_time"), pa.int64()))
+        late_mask = pc.or_(pc.fill_null(events.column("is_too_late"), False),
+                           pc.greater(delay_us, src.allowed_lateness_us))
         too_late = pc.sum(late_mask).as_py() or 0
         events = events.filter(pc.invert(late_mask))
         events = events.take(pc.sort_indices(events, sort_keys=[("ingested_at", "ascending")]))
