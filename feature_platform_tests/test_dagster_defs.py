@@ -53,7 +53,7 @@ def test_every_asset_has_its_checks_and_every_check_a_target(registry: Registry)
     expected = {
         "raw_transactions": RAW_CHECKS,
         "user_daily_profile_v1": BATCH_CHECKS,
-        "user_daily_profile_v1_online": {"online_freshness"},
+        "user_daily_profile_v1_online": {"online_freshness", "online_version"},
         "fraud_training_set": {"rows_match_labels"},
         "feature_registry": {"definitions_match_lock"},
     }

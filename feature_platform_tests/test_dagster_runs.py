@@ -200,8 +200,9 @@ def test_raw_batch_online_materialize_and_agree_with_brute_force(world: World) -
     assert md["partition"] == DAYS[-1].isoformat()
     assert md["rows_written"] == len(newest)
     assert md["feature_timestamp"] == datetime.combine(TODAY, dtime(0), tzinfo=UTC).timestamp()
-    (fresh,) = online.get_asset_check_evaluations()
-    assert fresh.passed, fresh.description
+    online_checks = {e.check_name: e for e in online.get_asset_check_evaluations()}
+    assert online_checks.keys() == {"online_freshness", "online_version"}
+    assert all(c.passed for c in online_checks.values()), {n: c.description for n, c in online_checks.items()}
     u = next(iter(newest))
     served = fs.get_online_features(features=["user_daily_profile:v1:txn_count_7d"], entities={"user_id": [u]},
                                     as_of=NOW)
@@ -286,8 +287,18 @@ def test_definition_changed_without_bump_is_caught_everywhere(world: World, tmp_
     assert world.run(["user_daily_profile_v1"], days=[DAYS[-1]], checks=False, parts=parts2).success
     stored = world.checks("user_daily_profile_v1")["stored_version"]
     assert not stored.passed and stored.severity == dg.AssetCheckSeverity.ERROR
+    # ... and once pushed online, the online copy's fingerprint too.
+    assert world.run(["user_daily_profile_v1_online"], checks=False, parts=parts2).success
+    online = world.checks("user_daily_profile_v1_online")["online_version"]
+    assert not online.passed and online.severity == dg.AssetCheckSeverity.ERROR
+    assert {k: getattr(v, "value", v) for k, v in online.metadata.items()}["online_fingerprint"] == edited.fingerprint()
+    # The registered definition refuses to push data the edited one wrote.
+    assert not world.run(["user_daily_profile_v1_online"], checks=False, raise_on_error=False).success
+    # Repair: re-materialize and re-push under the registered definition.
     assert world.run(["user_daily_profile_v1"], days=[DAYS[-1]], checks=False).success
     assert world.checks("user_daily_profile_v1")["stored_version"].passed
+    assert world.run(["user_daily_profile_v1_online"], checks=False).success
+    assert world.checks("user_daily_profile_v1_online")["online_version"].passed
 
     # The CLI: `registry check` exits 1 with the diff, `registry diff` shows it, `registry list` flags it.
     import sys

@@ -334,6 +334,11 @@ def status(now_text: str | None, no_online: bool) -> None:
                 worst = max(worst, _print_verdict(verdict))
             if not no_online:
                 worst = max(worst, _print_verdict(_online_verdict(fs, v, now)))
+                try:
+                    entry = fs.online.materialized_versions().get((v.name, v.version))
+                    worst = max(worst, _print_verdict(health.online_version(v, entry, now)))
+                except Exception as exc:  # noqa: BLE001 - printed by online_freshness already
+                    click.echo(f"  (online version: cannot read the online store: {exc})")
         else:
             worst = max(worst, _stream_status(fs, v, now, no_online))
     from feature_platform.defs.checks import lock_verdict

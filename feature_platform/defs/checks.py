@@ -145,9 +145,20 @@ def online_verdict(fp: FeatureStoreResource, registry: Registry, view: BatchFeat
 
 def online_checks(registry: Registry, view: BatchFeatureView) -> list[dg.AssetChecksDefinition]:
     key = online_key(view)
+
+    def version(fp: FeatureStoreResource, _) -> health.Verdict:
+        try:
+            entry = fp.store(registry).online.materialized_versions().get((view.name, view.version))
+        except Exception as exc:  # noqa: BLE001 - Redis down is itself the alert
+            return health.Verdict("online_version", False, health.ERROR, f"cannot read the online store: {exc}",
+                                  {"measured_at": fp.now()})
+        return health.online_version(view, entry, fp.now())
+
     return [_check(key, "online_freshness", f"ERROR when the online copy's feature_timestamp (as recorded in Redis) is "
                    f"older than cadence + grace ({view.cadence + view.sla.grace}).", False,
-                   lambda fp, _: online_verdict(fp, registry, view))]
+                   lambda fp, _: online_verdict(fp, registry, view)),
+            _check(key, "online_version", f"ERROR when the online copy was written under another fingerprint than "
+                   f"v{view.version}'s {view.fingerprint()}.", False, version)]
 
 
 def stream_checks(registry: Registry, source: Source) -> list[dg.AssetChecksDefinition]:

@@ -333,3 +333,20 @@ def human_duration(seconds: float | None) -> str:
 def wall_clock() -> datetime:
     """The clock every check uses unless one is injected (resource `now_override`, `status --now`)."""
     return datetime.now(timezone.utc)
+
+
+def online_version(view, entry: dict | None, now: datetime) -> Verdict:
+    """ERROR when the online store's record of (view, version) carries another fingerprint.
+
+    `entry` is the online store's marker for the view version (OnlineStore.materialized_versions()).
+    """
+    meta: dict[str, Any] = {"registry_version": view.version, "registry_fingerprint": view.fingerprint(),
+                            "online_fingerprint": (entry or {}).get("fingerprint"), "measured_at": utc(now)}
+    if not entry:
+        return Verdict("online_version", True, ERROR, f"{view.name} v{view.version} is not online yet: nothing to compare", meta)
+    if entry.get("fingerprint") != view.fingerprint():
+        return Verdict("online_version", False, ERROR,
+                       f"the online copy of {view.name} v{view.version} was written by fingerprint "
+                       f"{entry.get('fingerprint')}, the registry says {view.fingerprint()}: re-push it "
+                       f"(materialize {view.name}_v{view.version}_online) or bump the version", meta)
+    return Verdict("online_version", True, ERROR, f"online {view.name} v{view.version} carries {view.fingerprint()}", meta)
