@@ -45,6 +45,19 @@ def test_code_location_module_exposes_loadable_defs() -> None:
     keys = {a.key.to_user_string() for a in location.defs.assets if isinstance(a, dg.AssetsDefinition)}
     assert {"raw_transactions", "user_daily_profile_v1", "user_daily_profile_v1_online",
             "fraud_training_set", "feature_registry"} <= keys
+    # Every asset of the merged location (the streaming engineer's stream views included) has checks,
+    # and every check's target exists.
+    all_keys = {(a.key if isinstance(a, dg.AssetSpec) else a.key).to_user_string() for a in location.defs.assets}
+    checks = _check_names(location.defs)
+    assert set(checks) <= all_keys
+    assert all_keys - set(checks) == set(), f"assets without checks: {all_keys - set(checks)}"
+    stream_views = [v for v in location.defs.assets if isinstance(v, dg.AssetSpec)]
+    for spec in stream_views:
+        assert checks[spec.key.to_user_string()] == {"stream_heartbeat", "stream_lag", "stream_delay_p99", "online_version"}
+    # ... and our automation sensor (running by default) is the one that schedules all of them.
+    sensor = next(s for s in location.defs.sensors if s.name == "feature_platform_automation")
+    targeted = sensor.asset_selection.resolve_checks(location.defs.resolve_asset_graph())
+    assert {k for c in location.defs.asset_checks for k in c.check_keys} <= set(targeted)
 
 
 def test_every_asset_has_its_checks_and_every_check_a_target(registry: Registry) -> None:

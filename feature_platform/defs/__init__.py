@@ -14,23 +14,25 @@ from __future__ import annotations
 from typing import Any
 
 
-def _with_streaming(base: Any) -> Any:
+def _build() -> Any:
     import dagster as dg
 
+    from feature_platform.defs.definitions import build_definitions
+
     try:
-        from feature_platform.defs.streaming import streaming_defs
+        from feature_platform.defs import streaming
     except ModuleNotFoundError as exc:  # the streaming module has not landed: the rest still loads
         if exc.name != "feature_platform.defs.streaming":
             raise
-        return base
-    return dg.Definitions.merge(base, streaming_defs)
+        return build_definitions()
+    # With the streaming location, the stream-worker checks sit on its stream views' online assets.
+    base = build_definitions(stream_keys=streaming.stream_online_key)
+    return dg.Definitions.merge(base, streaming.streaming_defs)
 
 
 def __getattr__(name: str) -> Any:
     if name == "defs":
-        from feature_platform.defs.definitions import build_definitions
-
-        value = _with_streaming(build_definitions())
+        value = _build()
         globals()["defs"] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

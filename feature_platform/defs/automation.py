@@ -98,10 +98,12 @@ def landing_run_request(source: Source, files, today: date, file_keys: list[str]
                          tags={RANGE_START: lo.isoformat(), RANGE_END: hi.isoformat()})
 
 
-def build_automation_sensor(keys: list[dg.AssetKey]) -> dg.AutomationConditionSensorDefinition:
+def build_automation_sensor(keys: list[dg.AssetKey], check_keys: list[dg.AssetCheckKey]
+                            ) -> dg.AutomationConditionSensorDefinition:
+    """Our assets and every one of our checks (including those on the streaming location's assets)."""
     return dg.AutomationConditionSensorDefinition(
         "feature_platform_automation",
-        target=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
+        target=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks(*check_keys),
         default_status=RUNNING,
         minimum_interval_seconds=30,
         description="Online pushes after batch updates, asset checks every 15 minutes.",

@@ -25,7 +25,7 @@ from feature_platform.defs.assets import (
 )
 from feature_platform.defs.registry_lock import compare, lock_path
 from feature_platform.defs.resources import FeatureStoreResource
-from feature_platform.registry.model import BatchFeatureView, FeatureService, Registry, Source
+from feature_platform.registry.model import BatchFeatureView, FeatureService, Registry, Source, StreamFeatureView
 
 CHECK_CRON = "*/15 * * * *"
 CHECK_AUTOMATION = dg.AutomationCondition.cron_tick_passed(CHECK_CRON, "UTC").with_label(f"every 15 minutes")
@@ -145,45 +145,65 @@ def online_verdict(fp: FeatureStoreResource, registry: Registry, view: BatchFeat
 
 def online_checks(registry: Registry, view: BatchFeatureView) -> list[dg.AssetChecksDefinition]:
     key = online_key(view)
-
-    def version(fp: FeatureStoreResource, _) -> health.Verdict:
-        try:
-            entry = fp.store(registry).online.materialized_versions().get((view.name, view.version))
-        except Exception as exc:  # noqa: BLE001 - Redis down is itself the alert
-            return health.Verdict("online_version", False, health.ERROR, f"cannot read the online store: {exc}",
-                                  {"measured_at": fp.now()})
-        return health.online_version(view, entry, fp.now())
-
     return [_check(key, "online_freshness", f"ERROR when the online copy's feature_timestamp (as recorded in Redis) is "
                    f"older than cadence + grace ({view.cadence + view.sla.grace}).", False,
                    lambda fp, _: online_verdict(fp, registry, view)),
             _check(key, "online_version", f"ERROR when the online copy was written under another fingerprint than "
-                   f"v{view.version}'s {view.fingerprint()}.", False, version)]
+                   f"v{view.version}'s {view.fingerprint()}.", False, _online_version_measure(registry, view))]
 
 
-def stream_checks(registry: Registry, source: Source) -> list[dg.AssetChecksDefinition]:
-    """Stream-worker health of a source, on its raw asset (the worker is that source's live door)."""
+def stream_checks(registry: Registry, source: Source,
+                  stream_keys: Callable[[StreamFeatureView], dg.AssetKey] | None = None) -> list[dg.AssetChecksDefinition]:
+    """Stream-worker health of a source: heartbeat (ERROR), lag and delay p99 (WARN).
+
+    Without the streaming code location (`stream_keys` None) they sit on `raw_<source>` (the worker
+    is that source's live door). With it, they sit on each stream view's online asset, next to an
+    `online_version` check of that view's online fingerprint.
+    """
     from feature_platform.defs import stream_health
 
     sla = stream_health.stream_sla(registry, source.name)
     if sla is None:
         return []
 
-    def pick(name: str):
+    def pick(name: str, view_sla=None):
         def measure(fp: FeatureStoreResource, _) -> health.Verdict:
-            verdicts = stream_health.read_verdicts(fp.settings(), registry, source.name, fp.now())
+            verdicts = stream_health.read_verdicts(fp.settings(), registry, source.name, fp.now(), sla=view_sla)
             return next((v for v in verdicts if v.name == name), verdicts[0])
         return measure
 
-    key = raw_key(source)
-    return [
-        _check(key, "stream_heartbeat", f"ERROR when the stream worker's newest heartbeat is older than {sla.heartbeat}.",
-               False, pick("stream_heartbeat")),
-        _check(key, "stream_lag", f"WARN when the consumer lag exceeds {sla.consumer_lag_events} events.",
-               False, pick("stream_lag")),
-        _check(key, "stream_delay_p99", f"WARN when the event-to-online delay p99 exceeds {sla.delay_p99}.",
-               False, pick("stream_delay_p99")),
-    ]
+    def trio(key: dg.AssetKey, s, where: str) -> list[dg.AssetChecksDefinition]:
+        return [
+            _check(key, "stream_heartbeat", f"ERROR when the {where} stream worker's newest heartbeat is older than "
+                   f"{s.heartbeat}, or it stopped.", False, pick("stream_heartbeat", s)),
+            _check(key, "stream_lag", f"WARN when the consumer lag exceeds {s.consumer_lag_events} events.",
+                   False, pick("stream_lag", s)),
+            _check(key, "stream_delay_p99", f"WARN when the event-to-online delay p99 exceeds {s.delay_p99}.",
+                   False, pick("stream_delay_p99", s)),
+        ]
+
+    if stream_keys is None:
+        return trio(raw_key(source), sla, source.name)
+    out: list[dg.AssetChecksDefinition] = []
+    for view in registry.views_of_source(source.name):
+        if isinstance(view, StreamFeatureView):
+            key = stream_keys(view)
+            out += trio(key, view.sla, source.name)
+            out.append(_check(key, "online_version", f"ERROR when the online copy of {view.name} v{view.version} "
+                              f"carries another fingerprint than {view.fingerprint()}.", False,
+                              _online_version_measure(registry, view)))
+    return out
+
+
+def _online_version_measure(registry: Registry, view):
+    def measure(fp: FeatureStoreResource, _) -> health.Verdict:
+        try:
+            entry = fp.store(registry).online.materialized_versions().get((view.name, view.version))
+        except Exception as exc:  # noqa: BLE001 - Redis down is itself the alert
+            return health.Verdict("online_version", False, health.ERROR, f"cannot read the online store: {exc}",
+                                  {"measured_at": fp.now()})
+        return health.online_version(view, entry, fp.now())
+    return measure
 
 
 def training_checks(registry: Registry, service: FeatureService) -> list[dg.AssetChecksDefinition]:

@@ -1,6 +1,7 @@
 """Build the Dagster Definitions of a feature repo (the registry decides which assets exist)."""
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import dagster as dg
 
@@ -9,7 +10,7 @@ from feature_platform.defs import checks as C
 from feature_platform.defs.automation import build_automation_sensor, build_daily_schedule, build_landing_sensor
 from feature_platform.defs.resources import FeatureStoreResource, resource_from_env
 from feature_platform.registry import Registry, load_registry
-from feature_platform.registry.model import BatchFeatureView
+from feature_platform.registry.model import BatchFeatureView, StreamFeatureView
 
 
 @dataclass
@@ -32,11 +33,13 @@ class Parts:
         return next(a for a in self.assets if a.key == key)
 
 
-def build_parts(registry: Registry) -> Parts:
+def build_parts(registry: Registry, stream_keys: Callable[[StreamFeatureView], dg.AssetKey] | None = None) -> Parts:
+    """`stream_keys`: the asset key of each stream view's online asset when the streaming code
+    location is merged in (its checks then sit there); None puts them on the raw asset."""
     p = Parts(assets=[A.build_registry_asset(registry)], checks=C.registry_checks(registry))
     for source in registry.sources:
         p.assets.append(A.build_raw_asset(registry, source))
-        p.checks += C.raw_checks(registry, source) + C.stream_checks(registry, source)
+        p.checks += C.raw_checks(registry, source) + C.stream_checks(registry, source, stream_keys)
         p.sensors.append(build_landing_sensor(registry, source))
     for view in registry.views:
         if isinstance(view, BatchFeatureView):
@@ -45,7 +48,7 @@ def build_parts(registry: Registry) -> Parts:
     for service in registry.services:
         p.assets.append(A.build_training_asset(registry, service))
         p.checks += C.training_checks(registry, service)
-    p.sensors.append(build_automation_sensor([a.key for a in p.assets]))
+    p.sensors.append(build_automation_sensor([a.key for a in p.assets], [k for c in p.checks for k in c.check_keys]))
     daily = build_daily_schedule(registry)
     if daily:
         p.jobs.append(daily[0])
@@ -53,8 +56,9 @@ def build_parts(registry: Registry) -> Parts:
     return p
 
 
-def build_definitions(registry: Registry | None = None, resource: FeatureStoreResource | None = None) -> dg.Definitions:
-    p = build_parts(registry or load_registry())
+def build_definitions(registry: Registry | None = None, resource: FeatureStoreResource | None = None,
+                      stream_keys: Callable[[StreamFeatureView], dg.AssetKey] | None = None) -> dg.Definitions:
+    p = build_parts(registry or load_registry(), stream_keys)
     # In-process: our steps are short DuckDB/Redis calls; a subprocess per step (the default
     # multiprocess executor) costs more than the work on a 2-core machine.
     return dg.Definitions(assets=p.assets, asset_checks=p.checks, sensors=p.sensors, schedules=p.schedules,

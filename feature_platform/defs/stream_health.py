@@ -60,9 +60,11 @@ def stream_verdicts(metrics: Any, sla: StreamSLA, now: datetime) -> list[Verdict
     return [heartbeat, lag, delay]
 
 
-def read_verdicts(settings, registry: Registry, source: str, now: datetime) -> list[Verdict]:
-    """Read the metrics from Redis and judge them; a Redis error is an ERROR verdict, not an exception."""
-    sla = stream_sla(registry, source)
+def read_verdicts(settings, registry: Registry, source: str, now: datetime,
+                  sla: StreamSLA | None = None) -> list[Verdict]:
+    """Read the metrics from Redis and judge them (against `sla`, default the source's strictest);
+    a Redis error is an ERROR verdict, not an exception."""
+    sla = sla or stream_sla(registry, source)
     if sla is None:
         return []
     try:
