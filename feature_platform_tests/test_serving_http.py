@@ -382,3 +382,34 @@ def test_a_read_waiting_on_redis_does_not_block_other_requests(private_settings,
         assert reg.status_code == 200
         assert not any(f.done() for f in reads), "the reads should still be waiting for the paused Redis"
         assert [f.result().status_code for f in reads] == [200, 200, 200]
+
+
+def test_fastapi_route_and_fast_path_give_the_same_answers(server, fs, world):
+    """POST /v1/features is answered by ServingApp's fast path; the FastAPI route behind it (kept for
+    OpenAPI and as fallback) must answer identically, errors included."""
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from feature_platform.serving.http import create_app
+
+    app = create_app(fs)
+
+    async def via_fastapi(body: dict) -> httpx.Response:
+        transport = httpx.ASGITransport(app=lambda s, r, se: FastAPI.__call__(app, s, r, se))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.post("/v1/features", json=body)
+
+    bodies = [
+        {"service": "fraud_detection", "entities": {"user_id": [42, 43], "merchant_id": [7, 8]},
+         "as_of": world.as_of.isoformat()},
+        {"service": "fraud_detection", "entities": {"user_id": ["x"], "merchant_id": [7]}},
+        {"service": "nope", "entities": {"user_id": [1]}},
+    ]
+    for body in bodies:
+        fast = post(server, body)
+        slow = asyncio.run(via_fastapi(body))
+        assert (slow.status_code, slow.json()) == (fast.status_code, fast.json())
+    assert "/v1/features" in app.openapi()["paths"]
+    schema = app.openapi()["paths"]["/v1/features"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"service", "features", "entities", "as_of"}

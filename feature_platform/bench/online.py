@@ -79,34 +79,55 @@ def _delete_prefix(client, prefix: str) -> int:
 # ---- capturing what the online store sends ---------------------------------------------------
 
 
+def parse_resp_commands(payload: bytes) -> list[tuple[bytes, ...]]:
+    """Split a client->server RESP payload (arrays of bulk strings) back into commands."""
+    out: list[tuple[bytes, ...]] = []
+    i, n = 0, len(payload)
+    while i < n:
+        if payload[i:i + 1] != b"*":
+            raise ValueError(f"not a RESP command array at byte {i}: {payload[i:i + 20]!r}")
+        j = payload.index(b"\r\n", i)
+        count = int(payload[i + 1:j])
+        i = j + 2
+        args = []
+        for _ in range(count):
+            j = payload.index(b"\r\n", i)
+            size = int(payload[i + 1:j])
+            args.append(payload[j + 2:j + 2 + size])
+            i = j + 2 + size + 2
+        out.append(tuple(args))
+    return out
+
+
 @contextmanager
 def capture_commands() -> Iterator[list[tuple]]:
-    """Record every command redis-py packs for the wire (single commands and pipelines)."""
-    from redis.connection import AbstractConnection as Connection  # TCP and unix-socket connections
+    """Record every command sent to Redis, from the bytes on the wire.
+
+    Patching the socket write (not redis-py's packing) also sees payloads the online store packs
+    itself (online/resp.py), for TCP and unix-socket connections alike.
+    """
+    from redis.connection import AbstractConnection
 
     seen: list[tuple] = []
-    orig_one, orig_many = Connection.pack_command, Connection.pack_commands
+    orig = AbstractConnection.send_packed_command
 
-    def pack_command(self, *args):
-        seen.append(tuple(args))
-        return orig_one(self, *args)
+    def send_packed_command(self, command, check_health=True):
+        chunks = [command] if isinstance(command, (bytes, bytearray, memoryview, str)) else list(command)
+        payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        seen.extend(parse_resp_commands(payload))
+        return orig(self, chunks, check_health)
 
-    def pack_commands(self, commands):
-        commands = list(commands)
-        seen.extend(tuple(c) for c in commands)
-        return orig_many(self, commands)
-
-    Connection.pack_command, Connection.pack_commands = pack_command, pack_commands
+    AbstractConnection.send_packed_command = send_packed_command
     try:
         yield seen
     finally:
-        Connection.pack_command, Connection.pack_commands = orig_one, orig_many
+        AbstractConnection.send_packed_command = orig
 
 
 def _reads_of(commands: list[tuple]) -> list[tuple]:
     """The data-reading commands of one request (drop connection chatter such as CLIENT SETINFO)."""
-    skip = {"CLIENT", "HELLO", "PING", "SELECT", "INFO", "COMMAND", "AUTH"}
-    return [c for c in commands if str(c[0]).upper() not in skip]
+    skip = {b"CLIENT", b"HELLO", b"PING", b"SELECT", b"INFO", b"COMMAND", b"AUTH"}
+    return [c for c in commands if bytes(c[0]).upper() not in skip]
 
 
 # ---- HTTP load generator ---------------------------------------------------------------------
@@ -271,11 +292,10 @@ def capture_reads(fs, entities: dict[str, list], service: str, prefix: str) -> l
     with capture_commands() as seen:
         fs.get_online_features(entities=entities, service=service)
     meta = f"{prefix}:meta:".encode()
-    out = []
-    for c in _reads_of(seen):
-        key = c[1].encode() if isinstance(c[1], str) else c[1]
-        if not key.startswith(meta):
-            out.append(c)
+    out = [c for c in _reads_of(seen) if not c[1].startswith(meta)]
+    if not out or any(c[0].upper() != b"HMGET" for c in out):
+        raise RuntimeError(f"expected only HMGETs from one read, saw {[c[0] for c in out][:5]}; "
+                           f"the raw baseline would not be comparable")
     return out
 
 
