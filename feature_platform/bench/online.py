@@ -476,10 +476,16 @@ def command(users: int, quick: bool, json_out: Path | None) -> None:
                batches=20 if quick else 60, batch_size=1000, http_requests=1_600 if quick else 8_000,
                http_workers=(1, 2) if (os.cpu_count() or 1) >= 2 else (1,))
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     rows, raw = run(p, echo=click.echo)
+    raw["load_avg_1m"] = [load_before, os.getloadavg()[0]]
+    from redis.utils import HIREDIS_AVAILABLE
+
     click.echo("")
     click.echo(f"Redis: {raw['redis']}; HMGET fields per single-entity request: {raw['hmget_fields_per_entity']}; "
-               f"{os.cpu_count()} CPUs; {time.perf_counter() - started:.0f} s total")
+               f"hiredis: {'yes' if HIREDIS_AVAILABLE else 'no'}; {os.cpu_count()} CPUs, load average "
+               f"{load_before:.1f} -> {raw['load_avg_1m'][1]:.1f} (other work on the machine skews every number); "
+               f"{time.perf_counter() - started:.0f} s total")
     click.echo(_table(rows))
     if json_out:
         json_out.write_text(json.dumps({"params": p.__dict__, "numbers": raw,
