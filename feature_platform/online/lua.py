@@ -70,33 +70,16 @@ local function enc(x)
 end
 local function copy(t) local c = {} for i = 1, #t do c[i] = t[i] end return c end
 
-local cache = {}      -- key -> {view=, fields={field -> {tile=, exp=}}}
+local cache = {}      -- key -> {view=, fields={field -> {tile=, exp=}}, names={field...}}
 local order = {}
+local ops = {}        -- per (event, view, hop): {entry, hop, et, eid, vals}, in event order
 local applied, dups, writes = 0, 0, 0
 local dkey = cfg.dedupe_key
 local dmax = 0
 -- forget event ids whose every tile has expired (a duplicate of them could not change anything)
 redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. fmt_int(now_us))
 
-local function tile(key, view, field, init, exp)
-  local entry = cache[key]
-  if entry == nil then
-    entry = {view = view, fields = {}, nfields = 0}
-    cache[key] = entry
-    order[#order + 1] = key
-  end
-  local f = entry.fields[field]
-  if f == nil then
-    local raw = redis.call('HGET', key, field)
-    local t
-    if raw then t = cjson.decode(raw) else t = copy(init) end
-    f = {tile = t, exp = exp}
-    entry.fields[field] = f
-    entry.nfields = entry.nfields + 1
-  end
-  return f.tile
-end
-
+-- Pass 1: dedupe, and collect the tiles every new event touches.
 for _, ev in ipairs(events) do
   local eid, et, ks, vals = ev[1], ev[2], ev[3], ev[4]
   local forget_at = et + cfg.dedupe_retention_us
@@ -111,27 +94,61 @@ for _, ev in ipairs(events) do
         local k = math.floor(et / h.h_us)
         local exp = (k + 1) * h.h_us + h.w_us + v.lateness_us
         if exp > now_us then
-          local t = tile(key, v, h.h_s .. ':' .. fmt_int(k), h.init, exp)
-          if t[1] == null or t[1] < et then t[1] = et end
-          for _, c in ipairs(h.comps) do
-            local kind, col, i = c[1], c[2], c[3]
-            if kind == 'n' then
-              t[i] = t[i] + 1
-            else
-              local x = vals[col]
-              if x ~= null then
-                if kind == 'nn' then t[i] = t[i] + 1
-                elseif kind == 'sum' then t[i] = t[i] + x
-                elseif kind == 'max' then if t[i] == null or less(t[i], x) then t[i] = x end
-                elseif kind == 'min' then if t[i] == null or less(x, t[i]) then t[i] = x end
-                elseif kind == 'last' then
-                  local cet = t[i]
-                  if cet == null or cet < et or (cet == et and bytes_lt(t[i + 1], eid)) then
-                    t[i] = et; t[i + 1] = eid; t[i + 2] = x
-                  end
-                end
-              end
-            end
+          local entry = cache[key]
+          if entry == nil then
+            entry = {view = v, fields = {}, names = {}}
+            cache[key] = entry
+            order[#order + 1] = key
+          end
+          local field = h.h_s .. ':' .. fmt_int(k)
+          local f = entry.fields[field]
+          if f == nil then
+            f = {exp = exp, init = h.init}
+            entry.fields[field] = f
+            entry.names[#entry.names + 1] = field
+          end
+          ops[#ops + 1] = {f, h, et, eid, vals}
+        end
+      end
+    end
+  end
+end
+
+-- Pass 2: read every touched tile (and the fallback's '_gc') with one HMGET per key.
+for _, key in ipairs(order) do
+  local entry = cache[key]
+  local names = entry.names
+  for i = 1, #names, 1000 do
+    local last = math.min(i + 999, #names)
+    local raw = redis.call('HMGET', key, unpack(names, i, last))
+    for j = i, last do
+      local r = raw[j - i + 1]
+      local f = entry.fields[names[j]]
+      if r then f.tile = cjson.decode(r) else f.tile = copy(f.init) end
+    end
+  end
+  if not cfg.native then entry.gc = tonumber(redis.call('HGET', key, '_gc')) end
+end
+
+-- Pass 3: apply the events in order.
+for _, op in ipairs(ops) do
+  local t, h, et, eid, vals = op[1].tile, op[2], op[3], op[4], op[5]
+  if t[1] == null or t[1] < et then t[1] = et end
+  for _, c in ipairs(h.comps) do
+    local kind, col, i = c[1], c[2], c[3]
+    if kind == 'n' then
+      t[i] = t[i] + 1
+    else
+      local x = vals[col]
+      if x ~= null then
+        if kind == 'nn' then t[i] = t[i] + 1
+        elseif kind == 'sum' then t[i] = t[i] + x
+        elseif kind == 'max' then if t[i] == null or less(t[i], x) then t[i] = x end
+        elseif kind == 'min' then if t[i] == null or less(x, t[i]) then t[i] = x end
+        elseif kind == 'last' then
+          local cet = t[i]
+          if cet == null or cet < et or (cet == et and bytes_lt(t[i + 1], eid)) then
+            t[i] = et; t[i + 1] = eid; t[i + 2] = x
           end
         end
       end
@@ -156,7 +173,9 @@ for _, key in ipairs(order) do
     if minexp == nil or f.exp < minexp then minexp = f.exp end
     writes = writes + 1
   end
-  redis.call('HSET', key, unpack(args))
+  for i = 1, #args, 2000 do
+    redis.call('HSET', key, unpack(args, i, math.min(i + 1999, #args)))
+  end
   if cfg.native then
     -- HSET clears a field's TTL: re-issue it for every field written
     for field, f in pairs(entry.fields) do
@@ -165,7 +184,8 @@ for _, key in ipairs(order) do
   else
     -- Portable fallback: '_gc' holds the earliest expiry of any tile in the hash; once it has passed,
     -- sweep the hash and delete expired tiles (their expiry follows from the field name).
-    local gc = tonumber(redis.call('HGET', key, '_gc'))
+    local gc = entry.gc
+    local old_gc = gc
     if gc ~= nil and gc <= now_us then
       local hops = {}
       for _, h in ipairs(v.hops) do hops[tostring(h.h_s)] = h end
@@ -185,7 +205,7 @@ for _, key in ipairs(order) do
       gc = newmin
     end
     if gc == nil or minexp < gc then gc = minexp end
-    redis.call('HSET', key, '_gc', fmt_int(gc))
+    if gc ~= old_gc then redis.call('HSET', key, '_gc', fmt_int(gc)) end
   end
   expire_at_least(key, math.floor(maxexp / 1000))
 end
