@@ -88,3 +88,38 @@ def test_online_get_redis_down_exits_3(env, private_redis):
                                   "--entity", "merchant_id=2"], env=env)
     assert r.exit_code == 3, r.output
     assert "not reachable" in r.output
+
+
+def test_serve_command_answers_over_http(env, world, registry):
+    """`feature-platform serve` as a real child process (its own process group, killed at the end)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from feature_platform.serving.server import free_port
+    from feature_platform_tests.test_serving_http import assert_rows_match
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "feature_platform.cli", "serve", "--port", str(port),
+                             "--log-level", "warning"], env={**os.environ, **env}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        entities = {"user_id": [42, 44], "merchant_id": [8, 7]}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/features", timeout=30,
+                       json={"service": "fraud_detection", "entities": entities, "as_of": world.as_of.isoformat()})
+        assert r.status_code == 200, r.text
+        assert_rows_match(r.json(), world, registry, list(registry.service("fraud_detection").features), entities)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)

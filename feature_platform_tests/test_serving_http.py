@@ -115,7 +115,7 @@ def expected(world: World, registry, ref, key: int) -> tuple[Any, float | None]:
     return value, ((t - max(times)) / US if times else None)
 
 
-def assert_rows_match(body: dict, world: World, fs: FeatureStore, refs, entities: dict[str, list]) -> int:
+def assert_rows_match(body: dict, world: World, registry, refs, entities: dict[str, list]) -> int:
     """Every served value and age equals the brute-force one; returns how many were non-null."""
     resp = FeaturesResponse.model_validate(body)  # the body has the declared, typed shape
     assert resp.features == [r.column for r in refs]
@@ -125,8 +125,8 @@ def assert_rows_match(body: dict, world: World, fs: FeatureStore, refs, entities
         assert row.entities == {k: v[i] for k, v in entities.items()}
         assert list(row.features) == [r.column for r in refs]
         for r in refs:
-            key = entities[fs.registry.view(r.view, r.version).entity.join_key][i]
-            want, want_age = expected(world, fs.registry, r, key)
+            key = entities[registry.view(r.view, r.version).entity.join_key][i]
+            want, want_age = expected(world, registry, r, key)
             got = row.features[r.column]
             assert close(got.value, want), f"row {i} {r.column}: served {got.value!r}, expected {want!r}"
             if want_age is None:
@@ -169,7 +169,7 @@ def test_service_request_serves_the_pushed_values_and_ages(server, fs, world):
     assert body["service"] == "fraud_detection"
     assert datetime.fromisoformat(body["as_of"].replace("Z", "+00:00")) == world.as_of
     refs = list(fs.registry.service("fraud_detection").features)
-    nonnull = assert_rows_match(body, world, fs, refs, entities)
+    nonnull = assert_rows_match(body, world, fs.registry, refs, entities)
     assert nonnull >= 20  # the data really reached the answer, not just nulls matching nulls
     # Entity 999999 has nothing online: zero counts and sums, nulls elsewhere, no age.
     last = body["rows"][3]["features"]
@@ -185,7 +185,7 @@ def test_explicit_features_in_request_order_with_string_ids(server, fs, world):
     r = post(server, {"features": features, "entities": {"user_id": ["43", "42"]}, "as_of": world.as_of.isoformat()})
     assert r.status_code == 200, r.text
     refs = fs.registry.resolve(features)
-    assert_rows_match(r.json(), world, fs, refs, entities)
+    assert_rows_match(r.json(), world, fs.registry, refs, entities)
     assert r.json()["service"] is None
 
 
@@ -340,7 +340,7 @@ def test_redis_down_gives_503_and_the_server_recovers_without_restart(private_se
     with ServerThread(fs) as s:
         r = post(s, body)
         assert r.status_code == 200, r.text
-        assert_rows_match(r.json(), world, fs, refs, entities)
+        assert_rows_match(r.json(), world, fs.registry, refs, entities)
 
         private_redis.stop()
         for _ in range(2):  # the pooled connection dies first, then fresh connects are refused
@@ -359,7 +359,7 @@ def test_redis_down_gives_503_and_the_server_recovers_without_restart(private_se
         body["as_of"] = world.as_of.isoformat()
         r = post(s, body)
         assert r.status_code == 200, r.text
-        assert_rows_match(r.json(), world, fs, refs, entities)
+        assert_rows_match(r.json(), world, fs.registry, refs, entities)
         m = _samples(httpx.get(f"{s.url}/metrics").text)
         assert m[("fp_http_errors_total", (("kind", "redis_unavailable"),))] == 3
 
