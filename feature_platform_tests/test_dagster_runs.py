@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import statistics
-import time
-import uuid
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +22,7 @@ import redis
 from click.testing import CliRunner
 
 from feature_platform.config import Settings
-from feature_platform.defs.definitions import Parts, build_definitions, build_parts
+from feature_platform.defs.definitions import Parts, build_parts
 from feature_platform.defs.resources import FeatureStoreResource
 from feature_platform.feature_store import FeatureStore
 from feature_platform.registry import Registry

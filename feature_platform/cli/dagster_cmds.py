@@ -390,8 +390,6 @@ def _last_checks(settings) -> None:
         click.echo(f"\nno Dagster instance at {home}: run `feature-platform demo` or a backfill to record check results")
         return
     try:
-        import dagster as dg
-
         instance = _instance(settings)
         from feature_platform.defs.definitions import build_parts
 

@@ -10,7 +10,6 @@ Versions are part of the asset key so two versions of a view materialize side by
 """
 
 
-import json
 import os
 import time
 import warnings
@@ -395,7 +394,3 @@ def build_registry_asset(registry: Registry) -> dg.AssetsDefinition:
         })
 
     return _registry
-
-
-def json_dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str, sort_keys=True)
