@@ -393,8 +393,14 @@ def _last_checks(settings) -> None:
         instance = _instance(settings)
         from feature_platform.defs.definitions import build_parts
 
-        parts = build_parts(_registry())
-        keys = [k for c in parts.checks for k in c.check_keys]
+        reg = _registry()
+        keys = [k for c in build_parts(reg).checks for k in c.check_keys]
+        try:  # where `dagster dev` puts the stream checks when the streaming location is merged in
+            from feature_platform.defs.streaming import stream_online_key
+
+            keys += [k for c in build_parts(reg, stream_online_key).checks for k in c.check_keys if k not in keys]
+        except ImportError:
+            pass
         latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     except Exception as exc:  # noqa: BLE001
         click.echo(f"\ncannot read the last check results from {home}: {exc}")
