@@ -24,6 +24,7 @@ from __future__ import annotations
 
 _COMMON = r"""
 local null = cjson.null
+local floor, sformat, concat, call = math.floor, string.format, table.concat, redis.call
 local function bytes_lt(a, b)
   -- byte-wise a < b (Lua's own string comparison follows the server locale)
   local la, lb = #a, #b
@@ -53,7 +54,7 @@ local function expire_at_least(key, at_ms)
   if pttl == -2 then return end
   if pttl == -1 or now_ms() + pttl < at_ms then redis.call('PEXPIREAT', key, at_ms) end
 end
-local function fmt_int(x) return string.format('%.0f', x) end
+local function fmt_int(x) return sformat('%.0f', x) end
 """
 
 APPLY_EVENTS = _COMMON + r"""
@@ -62,11 +63,12 @@ local events = cjson.decode(ARGV[2])
 local now_us = cfg.now_us
 local views = cfg.views
 
+local encode_str = cjson.encode
 local function enc(x)
   if x == null then return 'null' end
-  if type(x) == 'string' then return cjson.encode(x) end
-  if x == math.floor(x) and x < 1e15 and x > -1e15 then return string.format('%.0f', x) end
-  return string.format('%.17g', x)
+  if type(x) == 'string' then return encode_str(x) end
+  if x == floor(x) and x < 1e15 and x > -1e15 then return sformat('%.0f', x) end
+  return sformat('%.17g', x)
 end
 local function copy(t) local c = {} for i = 1, #t do c[i] = t[i] end return c end
 
@@ -80,18 +82,24 @@ local dmax = 0
 redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. fmt_int(now_us))
 
 -- Pass 1: dedupe, and collect the tiles every new event touches.
-for _, ev in ipairs(events) do
+local retention = cfg.dedupe_retention_us
+local nviews = #views
+for e = 1, #events do
+  local ev = events[e]
   local eid, et, ks, vals = ev[1], ev[2], ev[3], ev[4]
-  local forget_at = et + cfg.dedupe_retention_us
-  if redis.call('ZADD', dkey, 'NX', fmt_int(forget_at), eid) == 0 then
+  local forget_at = et + retention
+  if call('ZADD', dkey, 'NX', fmt_int(forget_at), eid) == 0 then
     dups = dups + 1
   else
     applied = applied + 1
     if forget_at > dmax then dmax = forget_at end
-    for _, v in ipairs(views) do
+    for vi = 1, nviews do
+      local v = views[vi]
       local key = v.prefix .. ks[v.jk]
-      for _, h in ipairs(v.hops) do
-        local k = math.floor(et / h.h_us)
+      local hops = v.hops
+      for hi = 1, #hops do
+        local h = hops[hi]
+        local k = floor(et / h.h_us)
         local exp = (k + 1) * h.h_us + h.w_us + v.lateness_us
         if exp > now_us then
           local entry = cache[key]
@@ -100,7 +108,7 @@ for _, ev in ipairs(events) do
             cache[key] = entry
             order[#order + 1] = key
           end
-          local field = h.h_s .. ':' .. fmt_int(k)
+          local field = h.fp .. fmt_int(k)
           local f = entry.fields[field]
           if f == nil then
             f = {exp = exp, init = h.init}
@@ -131,10 +139,13 @@ for _, key in ipairs(order) do
 end
 
 -- Pass 3: apply the events in order.
-for _, op in ipairs(ops) do
+for o = 1, #ops do
+  local op = ops[o]
   local t, h, et, eid, vals = op[1].tile, op[2], op[3], op[4], op[5]
   if t[1] == null or t[1] < et then t[1] = et end
-  for _, c in ipairs(h.comps) do
+  local comps = h.comps
+  for ci = 1, #comps do
+    local c = comps[ci]
     local kind, col, i = c[1], c[2], c[3]
     if kind == 'n' then
       t[i] = t[i] + 1

@@ -315,7 +315,7 @@ class OnlineStore:
                 for kind, col in spec.components:
                     comps.append([kind, (columns.index(col) + 1) if col else 0, slot])
                     slot += 3 if kind == "last" else 1
-                hops.append({"h_us": spec.hop_us, "h_s": spec.hop_s, "w_us": spec.window_us,
+                hops.append({"h_us": spec.hop_us, "h_s": spec.hop_s, "fp": f"{spec.hop_s}:", "w_us": spec.window_us,
                              "init": spec.initial(), "comps": comps})
             cfg_views.append({"prefix": view_key_prefix(self.prefix, v.name, v.version),
                               "jk": join_keys.index(v.entity.join_key) + 1,
