@@ -387,3 +387,33 @@ def test_stream_worker_heartbeat_check_fails_when_the_worker_stops(world: World)
     client.hset(keys.workers, "w1", json.dumps({"heartbeat": beat, "delay_p99_ms": 1500.0, "stopped": True}))
     checks = world.checks("raw_transactions")
     assert not checks["stream_heartbeat"].passed  # it said it stopped
+
+
+def test_new_version_materializes_side_by_side_offline_and_online(world: World) -> None:
+    v1 = world.registry.view("user_daily_profile", 1)
+    v2 = replace(v1, version=2, features=v1.features + (BatchFeature("amount_sum_7d", "sum", "amount", timedelta(days=7)),))
+    reg2 = Registry(world.registry.entities, world.registry.sources, world.registry.views + (v2,),
+                    world.registry.services)
+    parts2 = build_parts(reg2)
+    day = DAYS[-1]
+    assert world.run(["user_daily_profile_v1", "user_daily_profile_v2"], days=[day], checks=False, parts=parts2).success
+    assert world.run(["user_daily_profile_v1_online", "user_daily_profile_v2_online"], checks=False, parts=parts2).success
+    fs = FeatureStore(world.settings, reg2)
+    assert fs.offline.view_partition_path(v1, day).exists() and fs.offline.view_partition_path(v2, day).exists()
+    exp = expected_profile(world.events, day)
+    ft = datetime.combine(day + timedelta(days=1), dtime(0), tzinfo=UTC)
+    sums = {u: sum(e["amount"] for e in world.events if e["user_id"] == u and not too_late(e) and e["amount"] is not None
+                   and ft - timedelta(days=7) <= e["event_time"] < ft) for u in exp}
+    u = next(iter(exp))
+    got = fs.get_online_features(features=["user_daily_profile:v1:txn_count_7d"], entities={"user_id": [u]}, as_of=NOW)
+    got2 = fs.get_online_features(features=["user_daily_profile:v2:txn_count_7d", "user_daily_profile:v2:amount_sum_7d"],
+                                  entities={"user_id": [u]}, as_of=NOW)
+    assert got.rows[0]["user_daily_profile__txn_count_7d"].value == exp[u][0]
+    assert got2.rows[0]["user_daily_profile__txn_count_7d"].value == exp[u][0]
+    assert got2.rows[0]["user_daily_profile__amount_sum_7d"].value == pytest.approx(sums[u], rel=1e-9)
+    live = fs.online.materialized_versions()
+    assert live[("user_daily_profile", 1)]["fingerprint"] == v1.fingerprint()
+    assert live[("user_daily_profile", 2)]["fingerprint"] == v2.fingerprint()
+    # The v1 checks are untouched by v2's data, and v2's stored version matches v2.
+    assert world.checks("user_daily_profile_v1", parts=parts2)["stored_version"].passed
+    assert world.checks("user_daily_profile_v2", parts=parts2)["stored_version"].passed
