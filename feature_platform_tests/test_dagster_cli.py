@@ -91,3 +91,28 @@ def test_retire_only_when_nothing_pins_the_version(registry: Registry, tmp_path:
     assert "retired" in retire(only_v1, lock, "user_daily_profile", 2)
     report = compare(only_v1, lock)
     assert report.removed == [] and report.retired == ["view user_daily_profile v2"] and report.ok
+
+
+def test_registry_diff_shows_what_a_new_version_changes(registry: Registry, cli_env: Settings, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    module = tmp_path / "two_versions_repo.py"
+    module.write_text(
+        "from dataclasses import replace\nfrom datetime import timedelta\n"
+        "from feature_platform.registry.demo import build_registry as _b\n"
+        "from feature_platform.registry.model import Registry\n"
+        "def build_registry():\n    r = _b()\n    v1 = r.view('user_daily_profile', 1)\n"
+        "    v2 = replace(v1, version=2, ttl=timedelta(days=3))\n"
+        "    return Registry(r.entities, r.sources, r.views + (v2,), r.services)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("FP_REGISTRY", "two_versions_repo:build_registry")
+    monkeypatch.setenv("FP_REGISTRY_LOCK", str(tmp_path / "lock.json"))
+    cli = CliRunner()
+    assert cli.invoke(main, ["registry", "check"]).exit_code == 1  # no lock yet: says how to make one
+    assert cli.invoke(main, ["registry", "lock"]).exit_code == 0
+    check = cli.invoke(main, ["registry", "check"])
+    assert check.exit_code == 0, check.output
+    diff = cli.invoke(main, ["registry", "diff", "user_daily_profile"])
+    assert '-  "ttl": "2d"' in diff.output and '+  "ttl": "3d"' in diff.output
+    listed = cli.invoke(main, ["registry", "list"]).output
+    v2_line = next(l for l in listed.splitlines() if l.startswith("user_daily_profile") and " 2 " in l)
+    assert "(nothing: can be retired)" in v2_line and "ok" in v2_line
