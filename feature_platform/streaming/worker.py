@@ -182,7 +182,7 @@ class StreamWorker:
         self.offline = OfflineStore(settings, registry)
         self.archive = StreamArchive(self.offline, self.src.name)
         self.report = WorkerReport()
-        self._duck = connect_duckdb()  # long-lived: a new DuckDB connection costs ~30 ms, a cursor ~0.2 ms
+        self._duck = connect_duckdb(threads=1)  # long-lived: a new DuckDB connection costs ~30 ms, a cursor ~0.2 ms
         self.stop_event = threading.Event()
         self.on_heartbeat = on_heartbeat
         views = [v for v in registry.views_of_source(self.src.name) if isinstance(v, StreamFeatureView)]
@@ -206,6 +206,7 @@ class StreamWorker:
         self._last_beat = 0.0
         self._last_claim = 0.0
         self._claim_cursor = "0-0"
+        self._claiming = False
         self._clock_offset_ms = 0.0
         self._crash_at = _parse_crash(os.environ.get("FP_STREAM_CRASH_AT", ""))
         self._started = time.time()
@@ -239,6 +240,7 @@ class StreamWorker:
                                 f"one per source when run exclusively (Dagster). Stop it or wait "
                                 f"{self.cfg.lease_ttl_ms / 1000:.0f}s for its lease to lapse.")
             self._warm_up()
+            self._retry(self._tidy)
             self._recover_own_pending()
             if self.cfg.pipelined:
                 self._run_pipelined(started)
@@ -318,18 +320,27 @@ class StreamWorker:
                 self._flush()
 
     def _read(self) -> list:
-        """The next entries: stale ones of dead consumers (XAUTOCLAIM, every claim_every s), else new ones."""
+        """The next entries: stale ones of dead consumers (XAUTOCLAIM), else new ones.
+
+        A claim pass, due every claim_every seconds, runs to its end (cursor back at 0-0) before any
+        new entry is read: stale entries are older than new ones, and the first delivery of an
+        event_id must be claimed before a later re-delivery of it can be.
+        """
         now = time.monotonic()
-        if now - self._last_claim >= self.cfg.claim_every:
+        if self._claiming or now - self._last_claim >= self.cfg.claim_every:
             self._last_claim = now
-            claimed = self._retry(lambda: self.r.xautoclaim(
-                self.keys.stream, self.keys.group, self.cfg.consumer, self.cfg.claim_idle_ms,
-                start_id=self._claim_cursor, count=self.cfg.batch))
-            self._claim_cursor = _s(claimed[0])
-            entries = [e for e in claimed[1] if e[1]]
-            if entries:
-                log.info("claimed %d stale entries of other consumers", len(entries))
-                return entries
+            while True:
+                claimed = self._retry(lambda: self.r.xautoclaim(
+                    self.keys.stream, self.keys.group, self.cfg.consumer, self.cfg.claim_idle_ms,
+                    start_id=self._claim_cursor, count=self.cfg.batch))
+                self._claim_cursor = _s(claimed[0])
+                self._claiming = self._claim_cursor != "0-0"
+                entries = [e for e in claimed[1] if e[1]]
+                if entries:
+                    log.info("claimed %d stale entries", len(entries))
+                    return entries
+                if not self._claiming:
+                    break
         resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer, {self.keys.stream: ">"},
                                                      count=self.cfg.batch, block=self.cfg.block_ms))
         return resp[0][1] if resp else []
@@ -343,6 +354,22 @@ class StreamWorker:
                            EVENT_TIME: now.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
         table, *_ = self._table([(f"{int(now.timestamp() * 1000)}-0", {b"event": line})])
         validate_events(self.src, table, con=self._duck.cursor())
+
+    def _tidy(self) -> None:
+        """Forget consumers that left nothing pending an hour ago and heartbeats a day old, so names
+        like host-pid do not pile up in the group and in the metrics."""
+        for c in self.r.xinfo_consumers(self.keys.stream, self.keys.group):
+            name = _s(c["name"])
+            if name != self.cfg.consumer and int(c["pending"]) == 0 and int(c["idle"]) > 3_600_000:
+                self.r.xgroup_delconsumer(self.keys.stream, self.keys.group, name)
+        now = time.time()
+        for name, blob in self.r.hgetall(self.keys.workers).items():
+            try:
+                old = now - float(json.loads(blob)["heartbeat"]) > 86_400
+            except (ValueError, KeyError, TypeError):
+                old = True
+            if old and _s(name) != self.cfg.consumer:
+                self.r.hdel(self.keys.workers, name)
 
     def _timed_out(self, started: float) -> bool:
         return self.cfg.max_seconds is not None and time.monotonic() - started > self.cfg.max_seconds
