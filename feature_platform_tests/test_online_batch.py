@@ -160,3 +160,19 @@ def test_bad_rows_are_refused_with_a_clear_message(settings, registry):
         store.push_batch_rows(view, good.set_column(2, "txn_count_7d", pa.array(["many"])))
     with pytest.raises(BadRowsError, match="stream views are written by apply_events"):
         store.push_batch_rows(registry.view("user_txn_stats"), good)
+
+
+def test_racing_pushes_never_lower_the_key_ttl(settings, registry):
+    """Two pushes that both believed they were the newest (a race): with expiry flags the older one's
+    PEXPIREAT NX/GT cannot lower the TTL the newer one set."""
+    from feature_platform.online.layout import BatchLayout
+
+    view = registry.view("user_daily_profile")
+    store = OnlineStore.from_settings(settings, registry)
+    if not store.capabilities.expire_flags:
+        pytest.skip(f"no PEXPIREAT flags on {store.capabilities.describe()}; the compare-and-set script covers it")
+    new = today_midnight_us()
+    store.push_batch_rows(view, rows(new, [1], [20], [2.0], [2]), now=from_us(new + HOUR))
+    store._push_newest(view, BatchLayout(view), rows(new - DAY, [1, 2], [10, 5], [1.0, 5.0], [1, 5]), new - DAY)
+    assert store.client.pexpiretime(store.key(view, 1)) == (new + 2 * DAY) // 1000
+    assert store.client.pexpiretime(store.key(view, 2)) == (new + DAY) // 1000   # a new key still gets its TTL

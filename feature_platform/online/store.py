@@ -243,8 +243,10 @@ class OnlineStore:
         """HSET + PEXPIREAT per row, packed for a whole chunk by Arrow and sent as one write.
 
         Plain PEXPIREAT is safe here: this is the newest feature_timestamp ever pushed for the view,
-        so no key can hold a later expiry.
+        so no key can hold a later expiry. Where the server has expiry flags (Redis >= 7.0) it sends
+        `PEXPIREAT NX` + `PEXPIREAT GT` instead, which stays right even if two pushes race.
         """
+        flags = self.capabilities.expire_flags
         slot = layout.slot(ft)
         keys = self._key_column(view, part.column(view.entity.join_key))
         cols = self._encoded_columns(view, part)
@@ -258,8 +260,12 @@ class OnlineStore:
             parts: list[Any] = [hset_head, k, ft_const]
             for name, col in zip(names, cols):
                 parts += [name, resp.bulk_column(col.slice(i, _PUSH_CHUNK))]
-            parts += ["*3\r\n$9\r\nPEXPIREAT\r\n", k, exp_tail]
-            resp.execute_counted(self.client, resp.concat(parts), 2 * min(_PUSH_CHUNK, n - i))
+            if flags:
+                parts += ["*4\r\n$9\r\nPEXPIREAT\r\n", k, exp_tail + "$2\r\nNX\r\n",
+                          "*4\r\n$9\r\nPEXPIREAT\r\n", k, exp_tail + "$2\r\nGT\r\n"]
+            else:
+                parts += ["*3\r\n$9\r\nPEXPIREAT\r\n", k, exp_tail]
+            resp.execute_counted(self.client, resp.concat(parts), (3 if flags else 2) * min(_PUSH_CHUNK, n - i))
         return n
 
     def _push_older_rows(self, view: BatchFeatureView, layout: BatchLayout, part: pa.Table, ft: int) -> tuple[int, int]:
