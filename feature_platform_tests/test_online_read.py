@@ -247,3 +247,25 @@ def test_online_equals_offline_training_set(settings, registry):
                     assert got == want, (r.column, users[i], merchants[i], from_us(t), got, want)
                 checked += want is not None and want != 0
     assert checked > 50   # the comparison saw real values, not just empty windows
+
+
+def test_redis_down_is_unavailable_and_recovers(private_settings, private_redis, registry):
+    from feature_platform.online.errors import OnlineStoreUnavailable
+
+    store = OnlineStore.from_settings(private_settings, registry)
+    view = registry.view("user_daily_profile")
+    midnight = (now_us() // DAY) * DAY
+    table = pa.table({"user_id": [1], "feature_timestamp": pa.array([midnight], pa.int64()).cast(TS),
+                      "txn_count_7d": [3], "amount_mean_30d": [2.5], "distinct_merchants_30d": [1]})
+    refs = [FeatureRef("user_daily_profile", 1, "txn_count_7d")]
+    as_of = from_us(midnight + 3 * HOUR)
+    store.push_batch_rows(view, table, now=from_us(midnight + HOUR))
+    assert store.read(refs, {"user_id": [1]}, as_of=as_of).rows[0]["user_daily_profile__txn_count_7d"].value == 3
+    private_redis.stop()
+    with pytest.raises(OnlineStoreUnavailable, match="did not answer"):
+        store.read(refs, {"user_id": [1]}, as_of=as_of)
+    with pytest.raises(redis.ConnectionError):   # generic handlers keep working
+        store.push_batch_rows(view, table, now=from_us(midnight + HOUR))
+    private_redis.start()                         # an empty server (no persistence): data is gone, the store is not
+    store.push_batch_rows(view, table, now=from_us(midnight + HOUR))
+    assert store.read(refs, {"user_id": [1]}, as_of=as_of).rows[0]["user_daily_profile__txn_count_7d"].value == 3
