@@ -655,6 +655,7 @@ class StreamWorker:
         while self._applied_log and now - self._applied_log[0][0] > 10:
             self._applied_log.popleft()
         d = np.concatenate([x for _, x in self._delays]) if self._delays else np.empty(0)
+        p50, p99 = np.percentile(d, [50, 99]) if d.size else (None, None)
         span = min(10.0, max(now - self._start_mono, 1e-3))
         return {
             "heartbeat": time.time(),
@@ -662,8 +663,8 @@ class StreamWorker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "events_per_s": sum(n for _, n in self._applied_log) / span,
-            "delay_p50_ms": float(np.percentile(d, 50)) if d.size else None,
-            "delay_p99_ms": float(np.percentile(d, 99)) if d.size else None,
+            "delay_p50_ms": float(p50) if d.size else None,
+            "delay_p99_ms": float(p99) if d.size else None,
             "delay_samples": int(d.size),
             "messages": self.report.messages,
             "reconnects": self.report.reconnects,
