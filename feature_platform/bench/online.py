@@ -63,6 +63,21 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn workers)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            t = proc.cpu_times()
+            total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
 def _delete_prefix(client, prefix: str) -> int:
     n = 0
     batch: list[bytes] = []
@@ -432,22 +447,28 @@ def run(p: Params, echo=print) -> tuple[list[Row], dict]:
         for workers in p.http_workers:
             port = free_port()
             echo(f"http: serve --workers {workers} on port {port} ...")
-            with server_process(env, port, workers=workers):
+            with server_process(env, port, workers=workers) as proc:
                 for clients in ((1, 16) if workers == 1 else (16,)):
                     per_client = max(p.http_requests // clients, 50)
-                    lat, wall, errs = http_load("127.0.0.1", port, bodies, clients, per_client)
+                    http_load("127.0.0.1", port, bodies, clients, 200 // clients + 1)  # warm every worker
+                    cpu0 = _tree_cpu(proc.pid)
+                    lat, wall, errs = http_load("127.0.0.1", port, bodies, clients, per_client, warmup_per_client=0)
+                    cpu_us = (_tree_cpu(proc.pid) - cpu0) / max(len(lat), 1) * 1e6
                     if errs:
                         raise RuntimeError(f"HTTP errors during the benchmark: {errs[:3]}")
                     h50, h99, rps = _pct(lat, 50), _pct(lat, 99), len(lat) / wall
-                    raw_numbers[f"http_w{workers}_c{clients}"] = {"p50_ms": h50, "p99_ms": h99, "rps": rps}
+                    raw_numbers[f"http_w{workers}_c{clients}"] = {"p50_ms": h50, "p99_ms": h99, "rps": rps,
+                                                                  "server_cpu_us_per_request": cpu_us}
                     target = "p99 < 5 ms" if clients == 16 else "-"
                     ok = ("yes" if h99 < 5.0 else "NO") if clients == 16 else "-"
                     rows.append(Row(f"HTTP single entity, {clients} client{'s' if clients > 1 else ''}, "
-                                    f"{workers} worker{'s' if workers > 1 else ''}: p50 / p99 (ms), req/s",
-                                    f"{h50:.2f} / {h99:.2f}, {rps:,.0f}/s",
+                                    f"{workers} worker{'s' if workers > 1 else ''}: p50 / p99 (ms), req/s, "
+                                    f"server CPU per request",
+                                    f"{h50:.2f} / {h99:.2f}, {rps:,.0f}/s, {cpu_us:,.0f} us",
                                     f"{o50:.2f} / {o99:.2f} (in-process read)", f"{h99 / o99:.1f}x p99",
                                     target, ok))
-                    echo(f"  {clients:>2} clients: p50 {h50:.2f} ms  p99 {h99:.2f} ms  {rps:,.0f} req/s")
+                    echo(f"  {clients:>2} clients: p50 {h50:.2f} ms  p99 {h99:.2f} ms  {rps:,.0f} req/s  "
+                         f"server CPU {cpu_us:,.0f} us/request")
     finally:
         try:
             n = _delete_prefix(client, prefix)
