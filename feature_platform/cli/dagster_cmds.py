@@ -28,6 +28,19 @@ def _registry():
         raise click.ClickException(f"cannot load the feature repo: {exc}") from exc
 
 
+INSTANCE_YAML = """\
+# Dagster instance of feature_platform (written by `feature-platform demo/backfill`; SQLite storage here).
+# At most one streaming_update run per source (see feature_platform/defs/streaming.py).
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: "fp/stream_source"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+"""
+
+
 def _instance(settings):
     """The persistent Dagster instance: $DAGSTER_HOME, else <data>/dagster (created)."""
     import dagster as dg
@@ -39,7 +52,7 @@ def _instance(settings):
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("# Dagster instance of feature_platform: defaults (SQLite storage in this folder).\n")
+        (home / "dagster.yaml").write_text(INSTANCE_YAML)
     return dg.DagsterInstance.get()
 
 
