@@ -275,6 +275,18 @@ def demo(days: int, events: int, users: int, seed: int) -> None:
     views = [v for v in registry.views if isinstance(v, BatchFeatureView)]
     click.echo("3/4 backfill through Dagster:")
     failures = backfill_range(runner, data.start, data.end - timedelta(days=1), views, echo=lambda m, err=False: click.echo("    " + m, err=err))
+    stream_sources = sorted({v.source.name for v in registry.views if v.kind == "stream"})
+    for src in stream_sources:
+        t0 = time.perf_counter()
+        try:
+            totals = fs.bootstrap_stream_views(src)
+        except Exception as exc:  # noqa: BLE001 - reported, counted as a failure
+            failures.append(f"stream views of {src}: {exc}")
+            click.echo(f"    stream views of {src} FAILED to bootstrap online: {exc}", err=True)
+            continue
+        click.echo(f"    stream views of {src}: {totals['applied']:,} events into their online tiles from the offline "
+                   f"store ({totals['too_late']} too late, {totals['duplicates']} already there) in "
+                   f"{time.perf_counter() - t0:.1f}s; live updates come from `feature-platform stream run`")
     click.echo("4/4 training sets:")
     for service in registry.services:
         key = training_key(service).to_user_string()
@@ -299,10 +311,11 @@ def demo(days: int, events: int, users: int, seed: int) -> None:
             if len(first):
                 refs = " ".join(f"--feature {v.name}:v{v.version}:{f}" for f in v.feature_names)
                 click.echo(f"read batch features online:  feature-platform online get {refs} --entity {key}={first[0].as_py()}")
-    streams = sorted({v.source.name for v in registry.views if v.kind == "stream"})
-    if streams:
-        click.echo(f"stream views go live with the stream worker: feature-platform stream run (sources: {', '.join(streams)}); "
-                   f"then `online get --service ...` serves every feature")
+    for svc in registry.services:
+        keys = sorted({r for ref in svc.features for r in registry.view(ref.view, ref.version).source.join_keys
+                       if r == registry.view(ref.view, ref.version).entity.join_key})
+        click.echo(f"read a whole service:  feature-platform online get --service {svc.name} "
+                   + " ".join(f"--entity {k}=1" for k in keys))
     click.echo("health:  feature-platform status")
     if failures:
         sys.exit(1)
