@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,12 @@ import redis
 from feature_platform.config import Settings
 from feature_platform.registry import Registry, load_registry
 
-REDIS_URL = os.environ.get("FP_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The server comes from FP_REDIS_URL; the tests keep to their own database on it (FP_TEST_REDIS_DB,
+# default 9) and to a unique key prefix per test, so they never see or touch anybody else's keys
+# and their cleanup scans stay small however busy the server's other databases are.
+_BASE_URL = os.environ.get("FP_REDIS_URL", "redis://127.0.0.1:6379/0")
+_TEST_DB = int(os.environ.get("FP_TEST_REDIS_DB", "9"))
+REDIS_URL = urllib.parse.urlunparse(urllib.parse.urlparse(_BASE_URL)._replace(path=f"/{_TEST_DB}"))
 
 
 def free_port() -> int:
