@@ -536,4 +536,24 @@ def registry_retire(view: str, version: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-commands: list[click.Command] = [backfill, demo, status, registry]
+@click.command()
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui(port: int, host: str) -> None:
+    """Open the Dagster UI (`dagster dev`) on the platform's own instance.
+
+    Uses $DAGSTER_HOME, else <FP_DATA_DIR>/dagster: the instance where `demo` and `backfill`
+    record their runs, so their history, materializations and check results are all there.
+    """
+    import shutil
+    import sys
+
+    from feature_platform.config import Settings
+
+    _instance(Settings.from_env())
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    click.echo(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}: http://{host}:{port}", err=True)
+    os.execvp(dagster, [dagster, "dev", "-m", "feature_platform.defs", "-h", host, "-p", str(port)])
+
+
+commands: list[click.Command] = [backfill, demo, status, registry, ui]
