@@ -58,6 +58,12 @@ def _raw_rate(r, stream: str, n: int, batch: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _redis_cpu(r) -> float:
+    """CPU seconds the Redis server has used (user + sys): machine-load-independent cost."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 class _PrivateRedis:
     """A redis-server process of our own on a free port, no persistence; stopped at the end."""
 
@@ -185,8 +191,13 @@ def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, redis_
         # 2. sustained: drain a backlog of n events with one in-process worker
         produce(settings, registry, "transactions", table, client=r)
         w = StreamWorker(settings, registry, WorkerConfig(consumer="bench-sustained", batch=batch, stop_when_idle=True))
+        cpu0, rcpu0 = time.process_time(), _redis_cpu(r)
         rep = w.run()
+        results["worker_cpu_ms_per_1000"] = (time.process_time() - cpu0) / rep.messages * 1e6
+        results["redis_cpu_ms_per_1000"] = (_redis_cpu(r) - rcpu0) / rep.messages * 1e6 if server else None
         results["sustained_per_s"] = rep.messages / rep.seconds
+        results["stage_ms_per_1000"] = {k: getattr(rep, f"{k}_s") / rep.messages * 1e6
+                                        for k in ("read", "validate", "claim", "apply", "archive")}
         results["sustained_applied"] = rep.applied
         results["sustained_archived"] = rep.archived
         click.echo(f"sustained worker: {results['sustained_per_s']:,.0f} events/s ({rep.messages} in {rep.seconds:.1f}s)",
@@ -214,6 +225,12 @@ def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, redis_
     click.echo(f"| raw XREADGROUP+XACK, no work (batch {batch}) | {results['raw_per_s']:,.0f} events/s |")
     click.echo(f"| one worker, sustained (backlog of {n:,}) | {results['sustained_per_s']:,.0f} events/s |")
     click.echo(f"| worker / raw | {ratio:.2f}x |")
+    st = results["stage_ms_per_1000"]
+    click.echo(f"| wall time per 1,000 events by stage: read / validate / claim / apply online / archive+ack | "
+               f"{st['read']:.0f} / {st['validate']:.0f} / {st['claim']:.0f} / {st['apply']:.0f} / {st['archive']:.0f} ms |")
+    click.echo(f"| CPU per 1,000 events: worker process | {results['worker_cpu_ms_per_1000']:.0f} ms |")
+    if results.get("redis_cpu_ms_per_1000") is not None:
+        click.echo(f"| CPU per 1,000 events: Redis server (private) | {results['redis_cpu_ms_per_1000']:.0f} ms |")
     for d in results["delay"]:
         tag = f"at {d['rate_target']:,.0f}/s for {seconds:.0f} s"
         cu = f"{d['caught_up_after_s']:.2f} s" if d["caught_up_after_s"] is not None else "no (60 s)"

@@ -164,6 +164,12 @@ class WorkerReport:
     flushes: int = 0
     reconnects: int = 0
     seconds: float = 0.0
+    # where the time went (wall seconds, summed over threads): the bench prints them per 1000 events
+    read_s: float = 0.0       # XREADGROUP / XAUTOCLAIM and parsing the reply
+    validate_s: float = 0.0   # entries -> table, validate_events, dead letters
+    claim_s: float = 0.0      # first-delivery claims (Lua)
+    apply_s: float = 0.0      # OnlineStore.apply_events
+    archive_s: float = 0.0    # Parquet archive + XACK
 
 
 class StreamWorker:
@@ -326,6 +332,13 @@ class StreamWorker:
         new entry is read: stale entries are older than new ones, and the first delivery of an
         event_id must be claimed before a later re-delivery of it can be.
         """
+        t0 = time.perf_counter()
+        try:
+            return self._read_entries()
+        finally:
+            self.report.read_s += time.perf_counter() - t0
+
+    def _read_entries(self) -> list:
         now = time.monotonic()
         if self._claiming or now - self._last_claim >= self.cfg.claim_every:
             self._last_claim = now
@@ -503,6 +516,7 @@ class StreamWorker:
 
     def _prepare(self, entries: list) -> "_Prepared":
         """Validate, dead-letter and claim one batch (each step idempotent, retried on Redis errors)."""
+        t0 = time.perf_counter()
         table, ids, fields, good, bad = self._table(entries)
         validated = validate_events(self.src, table, con=self._duck.cursor())
         self.report.messages += len(ids)
@@ -532,8 +546,11 @@ class StreamWorker:
             acc_ids = ids
         self.report.accepted += accepted.num_rows
         winners = accepted
+        t1 = time.perf_counter()
+        self.report.validate_s += t1 - t0
         if accepted.num_rows:
             mask = self._retry(lambda: self._claims(accepted, acc_ids))
+            self.report.claim_s += time.perf_counter() - t1
             self._crash_point("after_claims")
             winners = accepted.filter(pa.array(mask, pa.bool_()))
             self.report.winners += winners.num_rows
@@ -543,7 +560,9 @@ class StreamWorker:
         """Apply the winners online, then buffer them for the archive; the entries are acked at the flush."""
         winners, ids = prep.winners, prep.ids
         if winners.num_rows:
+            t0 = time.perf_counter()
             self._retry(lambda: self.online.apply_events(self.src.name, winners))
+            self.report.apply_s += time.perf_counter() - t0
             self.report.applied += winners.num_rows
             self._crash_point("after_apply")
         now_ms = time.time() * 1000 + self._clock_offset_ms
@@ -617,6 +636,7 @@ class StreamWorker:
             with open(_TRACE, "a") as fh:
                 fh.write(json.dumps({"t": time.time(), "flush_s": time.monotonic() - t_flush}) + "\n")
         self.report.flushes += 1
+        self.report.archive_s += time.monotonic() - t_flush
 
     def _start_archiver(self) -> threading.Thread:
         """Archive writes and XACKs off the apply path: a slow Parquet write never delays online updates."""
