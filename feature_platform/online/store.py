@@ -386,7 +386,7 @@ class OnlineStore:
             for p, tx in zip(plans, texts):
                 parts.append(p.hmget(tx[i]))
         payload = b"".join(parts)
-        replies = self._guard(lambda: resp.execute_replies(self.client, payload, len(parts)))
+        replies = self._guard(lambda: resp.execute_arrays(self.client, payload, len(parts)))
         if check_meta:
             self._check_live(check_meta, replies[0])
             replies = replies[1:]
