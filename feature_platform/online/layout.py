@@ -84,11 +84,6 @@ class BatchLayout:
         return out
 
 
-def encode_batch_value(dtype: Dtype | None) -> str:
-    """How a batch feature of this type is stored (used by docs and tests)."""
-    return {Dtype.STRING: "'=' + value", Dtype.BOOL: "'1' / '0'"}.get(dtype, "decimal text")  # type: ignore[arg-type]
-
-
 def batch_feature_dtype(view: BatchFeatureView, feature: str) -> Dtype:
     f = next(x for x in view.features if x.name == feature)
     if f.function in ("count", "count_distinct"):

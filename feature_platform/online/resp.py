@@ -3,16 +3,15 @@
 redis-py spends most of a big pipeline in Python: encoding and packing every argument of every
 command. The batch writer's commands differ only in key and values, so they are packed for a whole
 chunk at once with Arrow string kernels (the joined column's data buffer *is* the wire payload); a
-read's HMGET field list is packed once per plan and reused for every entity. Replies still go
-through redis-py's parser (reads) or are counted line by line (integer-only writes).
+read's HMGET field list is packed once per plan and reused for every entity. Replies are parsed by
+a small HMGET-reply parser (reads) or counted line by line (integer-only writes); redis-py's own
+parser costs ~2 us per value, and a 1000-entity read has ~100k values.
 
 Each call takes one pooled connection, writes once, reads every reply, and gives the connection
 back; on any error the connection is dropped, so a half-read reply stream is never reused.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,24 +51,6 @@ def concat(parts: list[pa.Array | str]) -> bytes:
 
 def _connection(client: redis.Redis):
     return client.connection_pool.get_connection()
-
-
-def execute_replies(client: redis.Redis, payload: bytes, n_replies: int) -> list[Any]:
-    """Send a pre-packed pipeline and parse its n replies with redis-py's parser."""
-    pool = client.connection_pool
-    conn = _connection(client)
-    try:
-        conn.send_packed_command([payload])
-        out = [conn.read_response() for _ in range(n_replies)]
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    for r in out:
-        if isinstance(r, redis.ResponseError):
-            raise r
-    return out
 
 
 def execute_counted(client: redis.Redis, payload: bytes, n_replies: int) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -28,7 +28,6 @@ from feature_platform.online.errors import (
     BadRequestError,
     BadRowsError,
     NotMaterializedError,
-    OnlineStoreError,
     OnlineStoreUnavailable,
     StaleDefinitionError,
 )
