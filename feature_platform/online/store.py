@@ -64,6 +64,8 @@ _APPLY_CHUNK = 5_000
 
 @dataclass
 class PushReport:
+    """What one push did; the Dagster online asset records it as materialization metadata."""
+
     view: str
     version: int
     rows: int
@@ -76,6 +78,8 @@ class PushReport:
 
 @dataclass
 class ApplyReport:
+    """What one apply did: `applied` counts first deliveries only, so replays show up as duplicates."""
+
     events: int
     applied: int
     duplicates: int
