@@ -126,16 +126,17 @@ end
 for _, key in ipairs(order) do
   local entry = cache[key]
   local names = entry.names
+  if not cfg.native then names[#names + 1] = '_gc' end
   for i = 1, #names, 1000 do
     local last = math.min(i + 999, #names)
-    local raw = redis.call('HMGET', key, unpack(names, i, last))
+    local raw = call('HMGET', key, unpack(names, i, last))
     for j = i, last do
       local r = raw[j - i + 1]
       local f = entry.fields[names[j]]
-      if r then f.tile = cjson.decode(r) else f.tile = copy(f.init) end
+      if f == nil then entry.gc = tonumber(r)   -- '_gc'
+      elseif r then f.tile = cjson.decode(r) else f.tile = copy(f.init) end
     end
   end
-  if not cfg.native then entry.gc = tonumber(redis.call('HGET', key, '_gc')) end
 end
 
 -- Pass 3: apply the events in order.
@@ -184,24 +185,17 @@ for _, key in ipairs(order) do
     if minexp == nil or f.exp < minexp then minexp = f.exp end
     writes = writes + 1
   end
-  for i = 1, #args, 2000 do
-    redis.call('HSET', key, unpack(args, i, math.min(i + 1999, #args)))
-  end
-  if cfg.native then
-    -- HSET clears a field's TTL: re-issue it for every field written
-    for field, f in pairs(entry.fields) do
-      redis.call('HPEXPIREAT', key, math.floor(f.exp / 1000), 'FIELDS', 1, field)
-    end
-  else
+  if not cfg.native then
     -- Portable fallback: '_gc' holds the earliest expiry of any tile in the hash; once it has passed,
-    -- sweep the hash and delete expired tiles (their expiry follows from the field name).
+    -- sweep the hash and delete expired tiles (their expiry follows from the field name). Tiles
+    -- written by this call all expire after now, so the sweep never touches them.
     local gc = entry.gc
     local old_gc = gc
     if gc ~= nil and gc <= now_us then
       local hops = {}
       for _, h in ipairs(v.hops) do hops[tostring(h.h_s)] = h end
       local dels, newmin = {}, nil
-      for _, field in ipairs(redis.call('HKEYS', key)) do
+      for _, field in ipairs(call('HKEYS', key)) do
         local hs, ks = string.match(field, '^(%d+):(%-?%d+)$')
         local h = hs and hops[hs]
         if h then
@@ -211,12 +205,24 @@ for _, key in ipairs(order) do
         end
       end
       for i = 1, #dels, 500 do
-        redis.call('HDEL', key, unpack(dels, i, math.min(i + 499, #dels)))
+        call('HDEL', key, unpack(dels, i, math.min(i + 499, #dels)))
       end
       gc = newmin
     end
     if gc == nil or minexp < gc then gc = minexp end
-    if gc ~= old_gc then redis.call('HSET', key, '_gc', fmt_int(gc)) end
+    if gc ~= old_gc then
+      args[#args + 1] = '_gc'
+      args[#args + 1] = fmt_int(gc)
+    end
+  end
+  for i = 1, #args, 2000 do
+    call('HSET', key, unpack(args, i, math.min(i + 1999, #args)))
+  end
+  if cfg.native then
+    -- HSET clears a field's TTL: re-issue it for every field written
+    for field, f in pairs(entry.fields) do
+      call('HPEXPIREAT', key, floor(f.exp / 1000), 'FIELDS', 1, field)
+    end
   end
   expire_at_least(key, math.floor(maxexp / 1000))
 end
