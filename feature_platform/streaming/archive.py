@@ -74,6 +74,13 @@ class StreamArchive:
         if events.num_rows == 0:
             return report
         events = events.select(self.schema.names).cast(self.schema)
+        # The same entry can be in one flush twice (re-read after a lost reply or a takeover while its
+        # first copy was still buffered): identical rows, keep one.
+        order = pa.array(range(events.num_rows), pa.int64())
+        firsts = events.select([EVENT_ID]).append_column("__i", order).group_by(EVENT_ID).aggregate([("__i", "min")])
+        if firsts.num_rows < events.num_rows:
+            keep = firsts.column("__i_min")
+            events = events.take(pc.take(keep, pc.sort_indices(keep)))
         days = pc.unique(pc.cast(events.column(EVENT_TIME), pa.date32())).to_pylist()
         overlapping: list[Path] = []
         for d in days:

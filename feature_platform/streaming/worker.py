@@ -213,6 +213,9 @@ class StreamWorker:
         self._last_claim = 0.0
         self._claim_cursor = "0-0"
         self._claiming = False
+        self._errors = 0        # Redis errors so far (any thread)
+        self._errors_seen = 0   # ... as of the reader's last scan of its own pending entries
+        self._pel_cursor: str | None = None
         self._clock_offset_ms = 0.0
         self._crash_at = _parse_crash(os.environ.get("FP_STREAM_CRASH_AT", ""))
         self._started = time.time()
@@ -288,6 +291,7 @@ class StreamWorker:
                 if allow_stop and self.stop_event.is_set():
                     raise _Stop() from exc
                 self.report.reconnects += 1
+                self._errors += 1  # a reply may have been lost: the reader re-reads its pending entries
                 log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -339,6 +343,30 @@ class StreamWorker:
             self.report.read_s += time.perf_counter() - t0
 
     def _read_entries(self) -> list:
+        if self._pel_cursor is not None or self._errors != self._errors_seen:
+            return self._read_own_pending()
+        entries = self._read_stale_or_new()
+        if self._errors != self._errors_seen:
+            # The connection broke during a read, so its reply (entries now pending for us) may be
+            # lost: scan our pending entries in id order first; these come back with them.
+            return self._read_own_pending()
+        return entries
+
+    def _read_own_pending(self) -> list:
+        """One page of this consumer's pending entries, in id order, from the start of a scan."""
+        if self._pel_cursor is None:
+            self._errors_seen = self._errors
+            self._pel_cursor = "0"
+        resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer,
+                                                     {self.keys.stream: self._pel_cursor}, count=self.cfg.batch))
+        page = resp[0][1] if resp else []
+        if not page:
+            self._pel_cursor = None
+            return []
+        self._pel_cursor = _s(page[-1][0])
+        return [e for e in page if e[1]]
+
+    def _read_stale_or_new(self) -> list:
         now = time.monotonic()
         if self._claiming or now - self._last_claim >= self.cfg.claim_every:
             self._last_claim = now
