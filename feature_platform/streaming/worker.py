@@ -320,12 +320,13 @@ class StreamWorker:
         while not self.stop_event.is_set():
             resp = self._retry(lambda: self.r.xreadgroup(self.keys.group, self.cfg.consumer,
                                                          {self.keys.stream: last}, count=self.cfg.batch))
-            entries = resp[0][1] if resp else []
-            entries = [e for e in entries if e[1]]  # deleted entries come back without fields
-            if not entries:
+            page = resp[0][1] if resp else []
+            if not page:
                 break
-            last = _s(entries[-1][0])
-            self._process(entries)
+            last = _s(page[-1][0])
+            entries = [e for e in page if e[1]]  # deleted entries come back without fields
+            if entries:
+                self._process(entries)
             if self._should_flush(idle=False):
                 self._flush()
 
@@ -467,6 +468,7 @@ class StreamWorker:
                     break
         finally:
             done.set()
+            self.stop_event.set()  # the run is over: a reader retrying a dead Redis gives up now
             # apply what the reader already prepared (its entries are read and claimed): nothing is left half-done
             while True:
                 item = q.get()
