@@ -49,3 +49,30 @@ def test_produce_csv_run_status_deadletters(settings, tmp_path):
 
     p = _cli(settings, "produce", "nosuchsource", str(csv))
     assert p.returncode == 2 and "unknown source 'nosuchsource'" in p.stderr
+
+
+def test_prometheus_collector_exposes_the_stream_metrics(settings, registry):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from feature_platform.streaming.metrics import StreamMetricsCollector
+    from feature_platform.streaming.producer import produce
+    from feature_platform.streaming.worker import StreamWorker, WorkerConfig
+    from feature_platform_tests.test_stream_helpers import random_log
+
+    log = random_log(seed=5, n=200)
+    produce(settings, registry, "transactions", log.table)
+    StreamWorker(settings, registry, WorkerConfig(consumer="p", stop_when_idle=True)).run()
+    reg = CollectorRegistry()
+    reg.register(StreamMetricsCollector(settings, registry))
+    text = generate_latest(reg).decode()
+    assert 'fp_stream_up{source="transactions"} 1.0' in text
+    assert 'fp_stream_consumer_lag{source="transactions"} 0.0' in text
+    assert f'fp_stream_events_total{{kind="duplicates",source="transactions"}} {float(log.duplicates)}' in text
+    assert f'fp_stream_events_total{{kind="dead_letter",source="transactions"}} {float(log.invalid)}' in text
+    assert 'fp_stream_worker_running{source="transactions"} 0.0' in text  # it stopped
+
+    from dataclasses import replace
+
+    down = CollectorRegistry()
+    down.register(StreamMetricsCollector(replace(settings, redis_url="redis://127.0.0.1:1/0"), registry))
+    assert 'fp_stream_up{source="transactions"} 0.0' in generate_latest(down).decode()

@@ -116,3 +116,53 @@ def read_stream_metrics(settings: Settings, registry: Registry, source: str,
 
 def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class StreamMetricsCollector:
+    """A prometheus_client collector for HTTP /metrics: every stream source's StreamMetrics, read from
+    Redis at scrape time (one pipelined round trip per source). Register it on the app's registry:
+    `registry.register(StreamMetricsCollector(settings, feature_registry))`. A Redis error yields
+    `fp_stream_up{source} 0` instead of failing the scrape."""
+
+    def __init__(self, settings: Settings, registry: Registry, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._client = client
+        self.sources = sorted({v.source.name for v in registry.views if v.kind == "stream"})
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily("fp_stream_up", "1 when the stream metrics could be read from Redis", labels=["source"])
+        running = GaugeMetricFamily("fp_stream_worker_running", "1 when a worker beat in the last 10 s", labels=["source"])
+        age = GaugeMetricFamily("fp_stream_heartbeat_age_seconds", "Seconds since the newest worker heartbeat",
+                                labels=["source"])
+        lag = GaugeMetricFamily("fp_stream_consumer_lag", "Entries not yet delivered to the consumer group",
+                                labels=["source"])
+        pending = GaugeMetricFamily("fp_stream_pending", "Entries delivered but not yet acknowledged", labels=["source"])
+        rate = GaugeMetricFamily("fp_stream_events_per_second", "Entries processed per second (live workers)",
+                                 labels=["source"])
+        delay = GaugeMetricFamily("fp_stream_delay_seconds", "Event-to-online delay over the last 30 s",
+                                  labels=["source", "quantile"])
+        events = CounterMetricFamily("fp_stream_events", "Exact event counts by kind", labels=["source", "kind"])
+        client = self._client or connect(self.settings)
+        for s in self.sources:
+            try:
+                m = read_stream_metrics(self.settings, self.registry, s, client=client)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
+                up.add_metric([s], 0)
+                continue
+            up.add_metric([s], 1)
+            running.add_metric([s], 1 if m.running else 0)
+            if m.heartbeat_age_seconds is not None:
+                age.add_metric([s], m.heartbeat_age_seconds)
+            if m.lag is not None:
+                lag.add_metric([s], m.lag)
+            pending.add_metric([s], m.pending)
+            rate.add_metric([s], m.events_per_s)
+            for q, v in (("0.5", m.delay_p50_ms), ("0.99", m.delay_p99_ms)):
+                if v is not None:
+                    delay.add_metric([s, q], v / 1000)
+            for kind in ("events", "late", "too_late", "duplicates", "dead_letter"):
+                events.add_metric([s, kind], getattr(m, kind))
+        yield from (up, running, age, lag, pending, rate, delay, events)
