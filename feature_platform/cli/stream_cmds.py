@@ -70,7 +70,7 @@ def stream() -> None:
               "crash to pick up its pending entries at once (others take them over after --claim-idle-ms).")
 @click.option("--batch", type=int, default=1000, show_default=True, help="Entries per XREADGROUP.")
 @click.option("--block-ms", type=int, default=100, show_default=True, help="How long a read waits for new entries.")
-@click.option("--flush-interval", type=float, default=5.0, show_default=True,
+@click.option("--flush-interval", type=float, default=1.0, show_default=True,
               help="Seconds between offline archive flushes (entries are acknowledged after their flush).")
 @click.option("--claim-idle-ms", type=int, default=30_000, show_default=True,
               help="Take over other consumers' entries pending this long (their worker died).")

@@ -52,7 +52,7 @@ class StreamWorkerConfig(dg.Config):
     consumer: Optional[str] = None       # default: dagster-<run id>
     batch: int = 1000
     block_ms: int = 100
-    flush_interval: float = 5.0
+    flush_interval: float = 1.0
     observe_every_seconds: float = 30.0  # how often to log AssetObservations with throughput and lag
     max_seconds: Optional[float] = None  # stop after this long (tests, drills); None = until terminated
 

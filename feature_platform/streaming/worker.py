@@ -139,7 +139,7 @@ class WorkerConfig:
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     batch: int = 1000
     block_ms: int = 100
-    flush_interval: float = 5.0      # seconds between archive flushes (and XACKs): fewer, larger files
+    flush_interval: float = 1.0      # seconds between archive flushes (and XACKs); longer: fewer files, burstier CPU
     flush_events: int = 50_000       # flush earlier when this many events are buffered
     claim_idle_ms: int = 30_000      # XAUTOCLAIM entries idle this long (their worker died)
     claim_every: float = 5.0
