@@ -413,3 +413,12 @@ def test_fastapi_route_and_fast_path_give_the_same_answers(server, fs, world):
     assert "/v1/features" in app.openapi()["paths"]
     schema = app.openapi()["paths"]["/v1/features"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"service", "features", "entities", "as_of"}
+
+
+def test_metrics_carry_the_stream_worker_state(server):
+    """Issue 4: worker heartbeat, lag and event counts are in /metrics, read from Redis at scrape time."""
+    m = _samples(httpx.get(f"{server.url}/metrics").text)
+    src = (("source", "transactions"),)
+    assert m[("fp_stream_up", src)] == 1
+    assert m[("fp_stream_worker_running", src)] == 0, "no worker runs in this test"
+    assert m[("fp_stream_events_total", (("kind", "dead_letter"), ("source", "transactions")))] == 0

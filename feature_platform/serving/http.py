@@ -412,6 +412,11 @@ def create_app(store: FeatureStore | None = None, read_threads: int | None = Non
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fp-read")
     registry = store.registry
     metrics = ServingMetrics()
+    if any(v.kind == "stream" for v in registry.views):
+        from feature_platform.streaming.metrics import StreamMetricsCollector
+
+        # Worker heartbeat, lag, events/s, delay and late/too-late/dead-letter counts, read at scrape time.
+        metrics.registry.register(StreamMetricsCollector(store.settings, registry))
     handler = _FeaturesHandler(store, metrics, pool)
     registry_doc = json.dumps(registry_document(registry)).encode()
     health: dict[str, redis.Redis] = {}
