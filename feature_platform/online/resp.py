@@ -13,6 +13,10 @@ back; on any error the connection is dropped, so a half-read reply stream is nev
 
 from __future__ import annotations
 
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,8 +53,25 @@ def concat(parts: list[pa.Array | str]) -> bytes:
     return joined.buffers()[2].to_pybytes()[offsets[0]: offsets[-1]]
 
 
-def _connection(client: redis.Redis):
-    return client.connection_pool.get_connection()
+@contextmanager
+def _sent(client: redis.Redis, payload: bytes) -> Iterator[socket.socket]:
+    """Write `payload` on one pooled connection and yield its socket for reading the replies.
+
+    On any error the connection is dropped, so a half-read reply stream is never reused.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([payload])
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            raise redis.ConnectionError("connection closed while writing")
+        yield sock
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 def execute_counted(client: redis.Redis, payload: bytes, n_replies: int) -> None:
@@ -59,13 +80,7 @@ def execute_counted(client: redis.Redis, payload: bytes, n_replies: int) -> None
     Replies are counted by their line ends instead of being parsed one by one; an error reply
     ('-ERR ...') is raised.
     """
-    pool = client.connection_pool
-    conn = _connection(client)
-    try:
-        conn.send_packed_command([payload])
-        sock = getattr(conn, "_sock", None)
-        if sock is None:
-            raise redis.ConnectionError("connection closed while writing")
+    with _sent(client, payload) as sock:
         need, tail, error = n_replies, b"", None
         while need > 0:
             data = sock.recv(1 << 20)
@@ -83,11 +98,6 @@ def execute_counted(client: redis.Redis, payload: bytes, n_replies: int) -> None
                 error = done[start + 1: done.index(b"\r\n", start)].decode(errors="replace")
             if error is None and (done.startswith((b"$", b"*", b"+", b"_")) or b"\n$" in done or b"\n*" in done):
                 raise redis.ResponseError(f"unexpected non-integer reply in a counted pipeline: {done[:80]!r}")
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
     if error is not None:
         raise redis.ResponseError(error)
 
@@ -98,13 +108,7 @@ def execute_arrays(client: redis.Redis, payload: bytes, n_replies: int) -> list[
     redis-py's pure-Python parser costs ~2 us per bulk string; a 1000-entity read has ~100k of
     them. Only arrays of bulk strings / nulls (RESP2 `$-1`, RESP3 `_`) and errors are expected.
     """
-    pool = client.connection_pool
-    conn = _connection(client)
-    try:
-        conn.send_packed_command([payload])
-        sock = getattr(conn, "_sock", None)
-        if sock is None:
-            raise redis.ConnectionError("connection closed while writing")
+    with _sent(client, payload) as sock:
         out: list = []
         buf, pos = b"", 0
         while len(out) < n_replies:
@@ -117,11 +121,6 @@ def execute_arrays(client: redis.Redis, payload: bytes, n_replies: int) -> list[
                 continue
             value, pos = parsed
             out.append(value)
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
     for r in out:
         if isinstance(r, redis.ResponseError):
             raise r
