@@ -299,8 +299,8 @@ def demo(days: int, events: int, users: int, seed: int) -> None:
         click.echo(f"    {key}: {md.get('rows', 0):,} rows, positive rate {md.get('positive_rate', 0):.2%} "
                    f"-> {training_set_path(settings.data_dir, service.name)}")
     click.echo(f"demo finished in {time.perf_counter() - started:.0f}s" + (f" with {len(failures)} failure(s)" if failures else ""))
-    click.echo(f"open the Dagster UI on these runs:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev  "
-               f"(then http://127.0.0.1:3000)")
+    click.echo("open the Dagster UI on these runs:  .venv/bin/feature-platform ui  (then http://127.0.0.1:3000; "
+               "it starts the sensors, so the stream worker comes up and the stream_heartbeat check turns green)")
     for v in views:
         days_done = fs.offline.view_dates(v)
         if days_done:
