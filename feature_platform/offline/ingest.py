@@ -75,23 +75,28 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def read_input(path: Path) -> pa.Table:
-    """Read a Parquet or CSV file; CSV columns stay strings so validation sees what was written."""
+def _input_sql(path: Path) -> str:
+    """A query over a Parquet or CSV file; CSV columns stay strings so validation sees what was written."""
     if not path.exists():
         raise IngestError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return f"SELECT * FROM read_parquet({sql_str(path)})"
+    if suffix in (".csv", ".tsv", ".txt"):
+        return f"SELECT * FROM read_csv({sql_str(path)}, all_varchar=true, header=true)"
+    raise IngestError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+
+
+def read_input(path: Path) -> pa.Table:
+    """The whole file as one Arrow table (labels, small inputs); see _read_chunks for big ones."""
+    sql = _input_sql(path)
     con = connect()
     try:
-        if suffix in (".parquet", ".pq"):
-            return con.sql(f"SELECT * FROM read_parquet({sql_str(path)})").to_arrow_table()
-        if suffix in (".csv", ".tsv", ".txt"):
-            return con.sql(
-                f"SELECT * FROM read_csv({sql_str(path)}, all_varchar=true, header=true)").to_arrow_table()
+        return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
-        raise IngestError(f"{path}: cannot read as {suffix[1:]}: {exc}") from exc
+        raise IngestError(f"{path}: cannot read as {path.suffix.lower()[1:]}: {exc}") from exc
     finally:
         con.close()
-    raise IngestError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -301,15 +306,8 @@ def ingest_file(store: OfflineStore, source_name: str, path: Path, *, now: datet
 
 def _read_chunks(path: Path, chunk_rows: int):
     """Yield the input as Arrow tables of at most chunk_rows rows (at least one, possibly empty)."""
-    if not path.exists():
-        raise IngestError(f"{path}: no such file")
+    sql = _input_sql(path)
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        sql = f"SELECT * FROM read_parquet({sql_str(path)})"
-    elif suffix in (".csv", ".tsv", ".txt"):
-        sql = f"SELECT * FROM read_csv({sql_str(path)}, all_varchar=true, header=true)"
-    else:
-        raise IngestError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
     con = connect()
     try:
         try:
