@@ -143,4 +143,28 @@ def bootstrap_online(source: str) -> None:
                f"in {time.perf_counter() - started:.1f}s")
 
 
-commands = [ingest, demo_data, training_set, bootstrap_online]
+@click.command()
+@click.argument("source")
+@click.option("--day", "days", multiple=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Event date(s) to compact [default: every day whose lateness horizon has closed].")
+def compact(source: str, days) -> None:
+    """Merge each closed event-date partition of SOURCE into one deduplicated Parquet file.
+
+    The stream worker writes about one file per second; the daily raw asset in Dagster runs this
+    for closed days, and this command does it by hand.
+    """
+    import time as _time
+
+    from feature_platform.offline.compact import closed_days, compact_partition
+
+    fs = _store()
+    try:
+        fs.registry.source(source)
+    except RegistryError as exc:
+        raise click.UsageError(str(exc)) from exc
+    wanted = [d.date() for d in days] or closed_days(fs.offline, source, int(_time.time() * 1_000_000))
+    for day in wanted:
+        click.echo(compact_partition(fs.offline, source, day).summary())
+
+
+commands = [ingest, demo_data, training_set, bootstrap_online, compact]

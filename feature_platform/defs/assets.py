@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_platform.defs.landing import day_profiles, ingest_landing
+from feature_platform.offline.compact import closed_days, compact_partition
 from feature_platform.defs.resources import FeatureStoreResource
 from feature_platform.offline.batch import feature_timestamp, materialize_partition
 from feature_platform.offline.store import read_parquet_metadata
@@ -149,6 +150,11 @@ def _raw_asset(registry: Registry, source: Source, sla) -> dg.AssetsDefinition:
         for r in landed.reports:
             context.log.info(r.summary())
         days = _days(context)
+        # Closed days (lateness horizon passed) get their many small files merged into one.
+        closed = set(closed_days(store.offline, source.name, int(fp.now().timestamp() * 1_000_000)))
+        compacted = [compact_partition(store.offline, source.name, d) for d in days if d in closed]
+        for c in compacted:
+            context.log.info(c.summary())
         profiles = day_profiles(store.offline, source.name, days)
         if landed.failed:
             raise dg.Failure(
@@ -170,6 +176,8 @@ def _raw_asset(registry: Registry, source: Source, sla) -> dg.AssetsDefinition:
             "landing_deadletter_rows": landed.rejected,
             "deadletter_files": dg.MetadataValue.json([r.deadletter_path for r in landed.reports if r.deadletter_path]),
             "per_day": dg.MetadataValue.md(md_table(per_day, limit=62)),
+            "files_compacted": sum(c.files_before - c.files_after for c in compacted),
+            "duplicates_removed_by_compaction": sum(c.duplicates_removed for c in compacted),
         }
         if len(profiles) == 1:
             metadata["events_per_hour"] = dg.MetadataValue.md(
