@@ -153,7 +153,7 @@ def command(n: int, rates: tuple[float, ...], seconds: float, batch: int, redis_
     """Stream worker throughput and produce-to-visible delay vs raw XREADGROUP+XACK."""
     from feature_platform.config import Settings
     from feature_platform.registry import load_registry
-    from feature_platform.streaming.connection import connect
+    from feature_platform.online.connection import connect_redis as connect
     from feature_platform.streaming.metrics import read_stream_metrics
     from feature_platform.streaming.producer import produce
     from feature_platform.streaming.worker import StreamWorker, WorkerConfig

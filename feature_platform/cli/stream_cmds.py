@@ -137,7 +137,7 @@ def status(source: str, as_json: bool) -> None:
 @click.option("--count", type=int, default=20, show_default=True)
 def deadletters(source: str, count: int) -> None:
     """The newest dead-lettered entries with their reason and original payload."""
-    from feature_platform.streaming.connection import connect
+    from feature_platform.online.connection import connect_redis as connect
     from feature_platform.streaming.keys import StreamKeys
 
     settings, registry = _ctx()

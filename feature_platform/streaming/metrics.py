@@ -19,7 +19,7 @@ import redis
 
 from feature_platform.config import Settings
 from feature_platform.registry.model import Registry
-from feature_platform.streaming.connection import connect
+from feature_platform.online.connection import connect_redis as connect
 from feature_platform.streaming.keys import StreamKeys
 
 

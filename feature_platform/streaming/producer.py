@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from feature_platform.config import Settings
 from feature_platform.registry.model import EVENT_TIME, INGESTED_AT, Registry
-from feature_platform.streaming.connection import connect
+from feature_platform.online.connection import connect_redis as connect
 from feature_platform.streaming.keys import StreamKeys
 
 SKIPPED_COLUMNS = (INGESTED_AT, "is_too_late", "event_date")

@@ -46,7 +46,7 @@ from feature_platform.offline.store import TS, OfflineStore
 from feature_platform.offline.store import connect as connect_duckdb
 from feature_platform.registry.model import EVENT_ID, EVENT_TIME, INGESTED_AT, Registry, StreamFeatureView
 from feature_platform.streaming.archive import StreamArchive
-from feature_platform.streaming.connection import connect
+from feature_platform.online.connection import connect_redis as connect
 from feature_platform.streaming.keys import StreamKeys, parse_id
 
 log = logging.getLogger(__name__)
