@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from feature_platform.defs.landing import day_profiles, ingest_landing
 from feature_platform.offline.compact import closed_days, compact_partition
 from feature_platform.defs.resources import FeatureStoreResource
-from feature_platform.offline.batch import feature_timestamp, materialize_partition
+from feature_platform.offline.batch import feature_timestamp, materialize_partition, profile
 from feature_platform.offline.store import read_parquet_metadata
 from feature_platform.registry.model import BatchFeatureView, FeatureService, Registry, Source
 
@@ -360,7 +360,7 @@ def build_training_asset(registry: Registry, service: FeatureService) -> dg.Asse
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, out)
         feature_cols = [r.column for r in service.features]
-        null_rates = {c: (table.column(c).null_count / table.num_rows if table.num_rows else 0.0) for c in feature_cols}
+        null_rates, _ = profile(table, feature_cols)
         metadata: dict[str, Any] = {
             "dagster/row_count": table.num_rows,
             "rows": table.num_rows,
